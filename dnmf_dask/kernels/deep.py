@@ -1,0 +1,546 @@
+"""Deep NMF (Flenner & Hunter): energy functional and multiplicative updates, per row chunk.
+
+Orientation (DESIGN.md §1): rows = samples. Layer ``l`` has input ``X_l`` (n_l, d_l) — the data
+chunk for ``l = 0`` (numpy or scipy.sparse, never densified) and ``p(S[l-1])`` for ``l >= 1`` —
+coefficients ``S[l]`` (n_l, k_l) and dictionary ``A[l]`` (d_l, k_l) with ``d_0 = n_features``,
+``d_l = k_{l-1}``; the model is ``X_l ≈ S[l] @ A[l].T`` (the paper's ``X = A S`` transposed).
+``B`` is (n_classes, k_L); labels ``y`` are ints with ``-1`` = unlabeled (Y one-hot, the label
+mask L = labeled rows); ``observed`` is the data mask W of ``X`` (layer 0 only, see
+docs/deep_nmf_math.md) — a boolean array like X, or a scipy.sparse matrix whose stored
+nonzeros are the observed entries — or None (all observed).
+
+Energy (paper §3.2.2, in our orientation), summed over the rows of a chunk::
+
+    E = 1/2 ||W ⊙ (X - S0 A0ᵀ)||² + 1/2 Σ_{l=1..L} ||p(S[l-1]) - S[l] A[l]ᵀ||²
+        + lam/2 ||L ⊙ (Y - S[L] Bᵀ)||²
+
+Every update is split in three parts so that the distributed code reads X once per iteration:
+
+(a) per chunk, *local*: new S rows of the chunk (:func:`s_update`; one full sweep of Algorithm 3
+    over all layers of a chunk: :func:`backprop_chunk_step`; one layer-wise MU step of
+    Algorithms 1/2: :func:`layer_chunk_step`);
+(b) per chunk, *sufficient statistics* that add across chunks (:func:`a_stats`, :func:`b_stats`;
+    combine with :func:`add_stats`);
+(c) driver side, tiny: :func:`apply_a_update`, :func:`apply_b_update`,
+    :func:`apply_backprop_update`.
+
+Every multiplicative update is ``F ← F ⊙ num / max(den, eps)`` with ``eps = DEFAULT_EPS``
+unless given: a 0/0 entry becomes 0 (never NaN), and with nonnegative inputs every result is
+nonnegative. Inputs are assumed nonnegative and finite (the estimators validate data once).
+
+Pure numpy/scipy; never imports dask. Pooling is chunk-local because chunks hold whole groups.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import DNMFTypeError, DNMFValueError
+from .pooling import apply_pool_index, max_pool, max_pool_backward, pool_labels
+
+__all__ = [
+    "DEFAULT_EPS",
+    "LayerInput",
+    "one_hot",
+    "reconstruction_energy",
+    "label_energy",
+    "layer_inputs",
+    "energy_parts",
+    "s_update",
+    "a_stats",
+    "b_stats",
+    "add_stats",
+    "apply_a_update",
+    "apply_b_update",
+    "layer_chunk_step",
+    "backprop_chunk_step",
+    "apply_backprop_update",
+]
+
+#: Lower bound on every multiplicative-update denominator (guards 0/0 and x/0).
+DEFAULT_EPS = 1e-10
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+def _check_X(X, name="X"):
+    if sp.issparse(X):
+        if X.ndim != 2:
+            raise DNMFValueError(f"{name}: expected a 2-D matrix, found shape {X.shape}")
+        if X.format != "csr":
+            X = X.tocsr()
+        if X.dtype.kind not in "iubf":
+            raise DNMFTypeError(f"{name}: expected a numeric dtype, found {X.dtype}")
+        return X
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise DNMFValueError(f"{name}: expected a 2-D array (n_samples, n_features), found {X.ndim}-D shape {X.shape}")
+    if X.dtype.kind not in "iubf":
+        raise DNMFTypeError(f"{name}: expected a numeric dtype, found {X.dtype}")
+    return X
+
+
+def _check_dense(M, name, shape=None):
+    if sp.issparse(M):
+        raise DNMFTypeError(f"{name}: expected a dense numpy array, found a sparse matrix")
+    M = np.asarray(M)
+    if M.ndim != 2:
+        raise DNMFValueError(f"{name}: expected a 2-D array, found {M.ndim}-D shape {M.shape}")
+    if M.dtype.kind != "f":
+        raise DNMFTypeError(f"{name}: expected a floating dtype (float32 or float64), found {M.dtype}")
+    if shape is not None:
+        for want, got in zip(shape, M.shape):
+            if want is not None and want != got:
+                exp = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+                raise DNMFValueError(f"{name}: expected shape {exp}, found {M.shape}")
+    return M
+
+
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not np.isfinite(eps) or eps <= 0:
+        raise DNMFValueError(f"eps: expected a finite number > 0, found {eps!r}")
+    return float(eps)
+
+
+def _check_lam(lam):
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
+        raise DNMFValueError(f"lam: expected a finite number >= 0, found {lam!r}")
+    return float(lam)
+
+
+def _check_observed(W, shape):
+    """None, a dense bool array of ``shape``, or a CSR matrix whose stored nonzeros = observed."""
+    if W is None:
+        return None
+    if sp.issparse(W):
+        if W.shape != shape:
+            raise DNMFValueError(f"observed: expected shape {shape} like X, found {W.shape}")
+        W = sp.csr_matrix(W, dtype=bool, copy=True)
+        W.eliminate_zeros()
+        W.sum_duplicates()
+        W.sort_indices()
+        return W
+    W = np.asarray(W)
+    if W.shape != shape:
+        raise DNMFValueError(f"observed: expected a boolean mask of shape {shape} like X, found shape {W.shape}")
+    if W.dtype != bool:
+        if W.dtype.kind not in "iuf" or not np.isin(W, (0, 1)).all():
+            raise DNMFTypeError(f"observed: expected a boolean mask, found dtype {W.dtype} with values other than 0/1")
+        W = W.astype(bool)
+    return W
+
+
+def _check_labels(y, n, n_classes, name="y"):
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise DNMFValueError(f"{name}: expected shape ({n},) (one label per sample of the layer), found shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise DNMFTypeError(f"{name}: expected integer labels (-1 = unlabeled), found dtype {y.dtype}")
+    if y.size and (y.min() < -1 or y.max() >= n_classes):
+        raise DNMFValueError(
+            f"{name}: expected labels in [0, {n_classes}) or -1 for unlabeled, found range [{y.min()}, {y.max()}]"
+        )
+    return y
+
+
+# --------------------------------------------------------------------------- masked products
+
+def _masked_X(X, W):
+    """W ⊙ X: dense when X and W are dense, otherwise sparse (X is never densified)."""
+    if W is None:
+        return X
+    dtype = X.dtype if X.dtype.kind == "f" else np.float64
+    if sp.issparse(W):
+        return sp.csr_matrix(W.astype(dtype).multiply(X))
+    if sp.issparse(X):
+        return sp.csr_matrix(X.astype(dtype).multiply(W.astype(dtype)))
+    return np.where(W, X, 0)
+
+
+def _masked_recon(S, A, W):
+    """W ⊙ (S Aᵀ): dense (n, d) for a dense mask; CSR with W's pattern for a sparse mask."""
+    if sp.issparse(W):
+        rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
+        cols = W.indices
+        vals = np.empty(cols.shape[0], dtype=np.result_type(S.dtype, A.dtype))
+        step = max(1, 2_000_000 // max(1, S.shape[1]))  # bound the (nnz, k) temporaries
+        for s in range(0, cols.shape[0], step):
+            e = s + step
+            vals[s:e] = np.einsum("ij,ij->i", S[rows[s:e]], A[cols[s:e]])
+        return sp.csr_matrix((vals, cols.copy(), W.indptr.copy()), shape=W.shape)
+    return np.where(W, S @ A.T, 0)
+
+
+def _mm(M, B):
+    """M @ B as an ndarray (M dense or sparse, B dense)."""
+    return np.asarray(M @ B)
+
+
+def _mtm(M, B):
+    """Mᵀ @ B as an ndarray (M dense or sparse, B dense)."""
+    return np.asarray(M.T @ B)
+
+
+def _div(num, den, eps):
+    return num / np.maximum(den, eps)
+
+
+# --------------------------------------------------------------------------- energy
+
+def one_hot(y, n_classes, dtype=np.float64):
+    """``(Y, labeled)``: one-hot Y (n, n_classes) with zero rows for ``y == -1``; labeled (n,) bool."""
+    y = np.asarray(y)
+    y = _check_labels(y, y.shape[0] if y.ndim == 1 else -1, n_classes)
+    labeled = y >= 0
+    Y = np.zeros((y.shape[0], n_classes), dtype=dtype)
+    Y[np.flatnonzero(labeled), y[labeled]] = 1
+    return Y, labeled
+
+
+def reconstruction_energy(X, S, A, observed=None):
+    """``1/2 ||W ⊙ (X - S Aᵀ)||²_F`` over the chunk's rows, as a Python float (float64 accumulation).
+
+    X (n, d) dense or sparse, S (n, k), A (d, k), observed like X or None. Sparse X without a
+    mask uses ``||X||² - 2<X A, S> + <AᵀA, SᵀS>`` (no dense residual; clipped at 0).
+    """
+    X = _check_X(X)
+    n, d = X.shape
+    S = _check_dense(S, "S", (n, None))
+    A = _check_dense(A, "A", (d, S.shape[1]))
+    W = _check_observed(observed, X.shape)
+    if W is None:
+        if sp.issparse(X):
+            x2 = float(np.sum(np.square(X.data, dtype=np.float64)))
+            cross = float(np.sum(_mm(X, A).astype(np.float64) * S))
+            quad = float(np.sum((A.T.astype(np.float64) @ A) * (S.T.astype(np.float64) @ S)))
+            return 0.5 * max(x2 - 2.0 * cross + quad, 0.0)
+        R = X - S @ A.T
+        return 0.5 * float(np.sum(np.square(R, dtype=np.float64)))
+    Xw = _masked_X(X, W)
+    M = _masked_recon(S, A, W)
+    R = Xw - M
+    if sp.issparse(R):
+        R = sp.csr_matrix(R)
+        return 0.5 * float(np.sum(np.square(R.data, dtype=np.float64)))
+    return 0.5 * float(np.sum(np.square(np.asarray(R), dtype=np.float64)))
+
+
+def label_energy(S, B, y, lam):
+    """``lam/2 ||L ⊙ (Y - S Bᵀ)||²_F`` over the chunk's rows (float). S (n, k), B (C, k), y (n,)."""
+    S = _check_dense(S, "S")
+    B = _check_dense(B, "B", (None, S.shape[1]))
+    lam = _check_lam(lam)
+    y = _check_labels(y, S.shape[0], B.shape[0])
+    lab = np.flatnonzero(y >= 0)
+    if lab.size == 0 or lam == 0:
+        return 0.0
+    R = -(S[lab] @ B.T).astype(np.float64)
+    R[np.arange(lab.size), y[lab]] += 1.0
+    return 0.5 * lam * float(np.sum(R * R))
+
+
+class LayerInput(NamedTuple):
+    """Input of one layer: ``X`` (n_l, d_l), ``groups`` (n_l,) and ``index`` — the pooling argmax
+    (n_l, k_{l-1}) that produced X from S[l-1] (None for layer 0) — and ``y`` (n_l,) or None."""
+
+    X: object
+    groups: object
+    index: object
+    y: object
+
+
+def _check_layers(S_list, A_list):
+    if not isinstance(S_list, (list, tuple)) or not isinstance(A_list, (list, tuple)):
+        raise DNMFTypeError(
+            f"S, A: expected lists of per-layer arrays, found {type(S_list).__name__} and {type(A_list).__name__}"
+        )
+    if len(S_list) != len(A_list) or len(S_list) == 0:
+        raise DNMFValueError(
+            f"S, A: expected one S and one A per layer (same length >= 1), found {len(S_list)} and {len(A_list)}"
+        )
+
+
+def layer_inputs(X, S_list, groups=None, pool_size=0, stride=1, keep_size=False, y=None):
+    """Forward propagation of the inputs: ``[X_0 = X, X_1 = p(S[0]), ..., X_L = p(S[L-1])]``.
+
+    Returns a list of :class:`LayerInput` (one per layer). ``y`` (labels of the rows of X) is
+    carried along: unchanged for stride-1 pooling, pooled with
+    :func:`~dnmf_dask.kernels.pooling.pool_labels` otherwise. ``groups`` may be None only
+    without pooling (``pool_size`` 0 or 1).
+    """
+    X = _check_X(X)
+    n = X.shape[0]
+    if groups is None:
+        if pool_size not in (0, 1):
+            raise DNMFValueError(
+                "groups: expected an int vector (n,) of group ids when pool_size > 1, found None "
+                "(pass np.zeros(n, int) to pool the whole block as one group)"
+            )
+        groups = np.zeros(n, dtype=np.int64)
+    out = [LayerInput(X, np.asarray(groups), None, None if y is None else np.asarray(y))]
+    for l in range(len(S_list) - 1):
+        prev = out[-1]
+        S = _check_dense(S_list[l], f"S[{l}]", (prev.X.shape[0], None))
+        P, index, g = max_pool(S, prev.groups, pool_size, stride, keep_size)
+        yl = None if prev.y is None else pool_labels(prev.y, prev.groups, pool_size, stride, keep_size)
+        out.append(LayerInput(P, g, index, yl))
+    return out
+
+
+def energy_parts(X, S_list, A_list, *, groups=None, pool_size=0, stride=1, keep_size=False,
+                 observed=None, B=None, y=None, lam=0.0):
+    """Parts of the deep NMF energy over the chunk's rows: float64 array (L+2,).
+
+    ``[E_0, ..., E_L, E_label]`` with ``E_0 = 1/2||W⊙(X - S0 A0ᵀ)||²``,
+    ``E_l = 1/2||p(S[l-1]) - S[l] A[l]ᵀ||²`` and ``E_label = lam/2||L⊙(Y - S[L] Bᵀ)||²``
+    (0 without B/y). ``y`` labels the rows of X (pooled along with the samples if stride > 1).
+    Their sum is E; every part adds across chunks.
+    """
+    _check_layers(S_list, A_list)
+    L = len(A_list) - 1
+    inputs = layer_inputs(X, S_list, groups, pool_size, stride, keep_size, y)
+    parts = np.zeros(L + 2, dtype=np.float64)
+    for l, inp in enumerate(inputs):
+        parts[l] = reconstruction_energy(inp.X, S_list[l], A_list[l], observed if l == 0 else None)
+    if B is not None and y is not None:
+        parts[L + 1] = label_energy(S_list[L], B, inputs[L].y, lam)
+    return parts
+
+
+# --------------------------------------------------------------------------- (a) local S update
+
+def s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
+             B=None, y=None, lam=0.0, eps=DEFAULT_EPS):
+    """One multiplicative update of the chunk's coefficients S of one layer (paper eq. (4)).
+
+    X (n, d) the layer's input, S (n, k), A (d, k), observed: mask of X (layer 0) or None.
+
+    * Coupling to the layer above (intermediate layers, Algorithm 3): ``pool_index`` (n_up, k)
+      — the argmax of ``p(S)`` at the *current* S, from :func:`max_pool` — with that layer's
+      ``S_up`` (n_up, k_up) and ``A_up`` (k, k_up). Without pooling pass the identity index
+      (``max_pool(S, groups, 0)``). Adds ``Jᵀ(S_up A_upᵀ)`` to the numerator and
+      ``Jᵀ p(S)`` to the denominator.
+    * Label term (last layer): ``B`` (C, k), ``y`` (n,) labels of this layer's samples, ``lam``.
+      Adds ``lam (L⊙Y) B`` to the numerator and ``lam (L⊙(S Bᵀ)) B`` to the denominator.
+
+    Returns the new S (n, k), same dtype as S, ``S ⊙ num / max(den, eps)``.
+    """
+    X = _check_X(X)
+    n, d = X.shape
+    S = _check_dense(S, "S", (n, None))
+    k = S.shape[1]
+    A = _check_dense(A, "A", (d, k))
+    W = _check_observed(observed, X.shape)
+    eps = _check_eps(eps)
+    lam = _check_lam(lam)
+    if W is None:
+        num = _mm(X, A)
+        den = S @ (A.T @ A)
+    else:
+        num = _mm(_masked_X(X, W), A)
+        den = _mm(_masked_recon(S, A, W), A)
+    coupled = [v is not None for v in (pool_index, S_up, A_up)]
+    if any(coupled):
+        if not all(coupled):
+            raise DNMFValueError(
+                "pool_index, S_up, A_up: expected all three (coupling to the layer above) or none, "
+                f"found {'/'.join(nm for nm, c in zip(('pool_index', 'S_up', 'A_up'), coupled) if c)} only"
+            )
+        A_up = _check_dense(A_up, "A_up", (k, None))
+        S_up = _check_dense(S_up, "S_up", (None, A_up.shape[1]))
+        index = np.asarray(pool_index)
+        if index.shape != (S_up.shape[0], k):
+            raise DNMFValueError(
+                f"pool_index: expected shape ({S_up.shape[0]}, {k}) (samples of the layer above, k), found {index.shape}"
+            )
+        num = num + max_pool_backward(S_up @ A_up.T, index, n)
+        den = den + max_pool_backward(apply_pool_index(S, index), index, n)
+    if B is not None and y is not None and lam > 0:
+        B = _check_dense(B, "B", (None, k))
+        Y, labeled = one_hot(_check_labels(y, n, B.shape[0]), B.shape[0], dtype=S.dtype)
+        lab = np.flatnonzero(labeled)
+        if lab.size:
+            num[lab] += lam * (Y[lab] @ B)
+            den[lab] += lam * ((S[lab] @ B.T) @ B)
+    return (S * _div(num, den, eps)).astype(S.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- (b) statistics
+
+def a_stats(X, S, A=None, *, observed=None):
+    """Per-chunk sufficient statistics of the A update of one layer (they add across chunks).
+
+    Without a mask: ``{"XtS": Xᵀ S (d, k), "StS": Sᵀ S (k, k)}`` (A not needed).
+    With a mask W: ``{"XtS": (W⊙X)ᵀ S (d, k), "den": (W⊙(S Aᵀ))ᵀ S (d, k)}`` (needs the current A).
+    """
+    X = _check_X(X)
+    n, d = X.shape
+    S = _check_dense(S, "S", (n, None))
+    W = _check_observed(observed, X.shape)
+    if W is None:
+        return {"XtS": _mtm(X, S), "StS": S.T @ S}
+    if A is None:
+        raise DNMFValueError("A: expected the current A (d, k) when observed is given, found None")
+    A = _check_dense(A, "A", (d, S.shape[1]))
+    return {"XtS": _mtm(_masked_X(X, W), S), "den": _mtm(_masked_recon(S, A, W), S)}
+
+
+def b_stats(S, y, n_classes):
+    """Per-chunk statistics of the B update over labeled rows: ``{"YtS": (C, k), "StS": (k, k)}``.
+
+    ``YtS = (L⊙Y)ᵀ S`` and ``StS = S_labᵀ S_lab`` (S (n, k), y (n,) labels of these samples).
+    """
+    S = _check_dense(S, "S")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1:
+        raise DNMFValueError(f"n_classes: expected an integer >= 1, found {n_classes!r}")
+    y = _check_labels(y, S.shape[0], int(n_classes))
+    lab = np.flatnonzero(y >= 0)
+    k = S.shape[1]
+    YtS = np.zeros((int(n_classes), k), dtype=S.dtype)
+    np.add.at(YtS, y[lab], S[lab])
+    Sl = S[lab]
+    return {"YtS": YtS, "StS": Sl.T @ Sl}
+
+
+def add_stats(a, b):
+    """Sum two statistics structures (nested dicts / lists / tuples of arrays, None kept)."""
+    if a is None and b is None:
+        return None
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or a.keys() != b.keys():
+            raise DNMFValueError(f"b: expected statistics with keys {sorted(a)}, found {b!r:.80}")
+        return {key: add_stats(a[key], b[key]) for key in a}
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            raise DNMFValueError(f"b: expected a sequence of {len(a)} statistics, found {type(b).__name__}")
+        return type(a)(add_stats(x, z) for x, z in zip(a, b))
+    if a is None or b is None:
+        raise DNMFValueError("b: expected statistics of the same structure, found None on one side only")
+    return a + b
+
+
+# --------------------------------------------------------------------------- (c) driver side
+
+def apply_a_update(A, stats, eps=DEFAULT_EPS):
+    """``A ⊙ XtS / max(A StS, eps)`` (or ``/ max(den, eps)`` for masked stats); returns (d, k)."""
+    A = _check_dense(A, "A")
+    eps = _check_eps(eps)
+    if not isinstance(stats, dict) or "XtS" not in stats or not ({"StS", "den"} & stats.keys()):
+        raise DNMFValueError(f"stats: expected a dict from a_stats (XtS and StS or den), found {stats!r:.80}")
+    num = np.asarray(stats["XtS"])
+    den = A @ np.asarray(stats["StS"]) if "StS" in stats else np.asarray(stats["den"])
+    if num.shape != A.shape or den.shape != A.shape:
+        raise DNMFValueError(f"stats: expected statistics for A of shape {A.shape}, found XtS {num.shape}")
+    return (A * _div(num, den, eps)).astype(A.dtype, copy=False)
+
+
+def apply_b_update(B, stats, eps=DEFAULT_EPS):
+    """``B ⊙ YtS / max(B StS, eps)`` (paper eq. (4); lam cancels); returns (C, k)."""
+    B = _check_dense(B, "B")
+    eps = _check_eps(eps)
+    if not isinstance(stats, dict) or not {"YtS", "StS"} <= stats.keys():
+        raise DNMFValueError(f"stats: expected a dict from b_stats (YtS, StS), found {stats!r:.80}")
+    num = np.asarray(stats["YtS"])
+    if num.shape != B.shape:
+        raise DNMFValueError(f"stats: expected YtS of the shape of B {B.shape}, found {num.shape}")
+    return (B * _div(num, B @ np.asarray(stats["StS"]), eps)).astype(B.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- whole steps
+
+def layer_chunk_step(X, S, A, *, observed=None, B=None, y=None, lam=0.0, eps=DEFAULT_EPS,
+                     compute_energy=True):
+    """One layer-wise MU step (Algorithms 1/2: NMF, or SSNMF with B/y/lam) on one chunk.
+
+    Returns ``(S_new (n, k), stats)`` with ``stats = {"A": a_stats, "B": b_stats or None,
+    "energy": float64 (2,) [1/2||W⊙(X - S_new Aᵀ)||², lam/2||L⊙(Y - S_new Bᵀ)||²]}``
+    (energy at the new S and the current A, B; zeros if ``compute_energy`` is False).
+    The driver then applies :func:`apply_a_update` / :func:`apply_b_update` to the summed stats.
+    """
+    S_new = s_update(X, S, A, observed=observed, B=B, y=y, lam=lam, eps=eps)
+    stats = {"A": a_stats(X, S_new, A, observed=observed), "B": None, "energy": np.zeros(2)}
+    if B is not None and y is not None:
+        stats["B"] = b_stats(S_new, y, B.shape[0])
+    if compute_energy:
+        stats["energy"][0] = reconstruction_energy(X, S_new, A, observed)
+        if B is not None and y is not None:
+            stats["energy"][1] = label_energy(S_new, B, y, lam)
+    return S_new, stats
+
+
+def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1, keep_size=False,
+                        observed=None, B=None, y=None, lam=0.0, eps=DEFAULT_EPS, compute_energy=True):
+    """One sweep of deep NMF with backpropagation (Algorithm 3 / eq. (4)) over one chunk.
+
+    For ``l = 0 .. L-1`` (bottom-up, as in Algorithm 3): pool S[l] to get the Jacobian at the
+    current S[l], update S[l] with the coupling to layer l+1 (its current S[l+1], A[l+1]),
+    recompute ``X_{l+1} = p(S[l])``; then update S[L] with the label term; then emit the A and
+    B statistics at the new S (A and B are updated by the driver, after the reduction).
+
+    X (n, n_features) the chunk, S_list[l] (n_l, k_l), A_list[l] (d_l, k_l), groups (n,),
+    observed (mask of X, layer 0 only), B (C, k_L), y (n,) labels of the rows of X.
+
+    Returns ``(S_new_list, stats)`` with ``stats = {"A": [a_stats per layer], "B": b_stats or
+    None, "energy": float64 (L+2,) energy_parts at the new S and the current A, B}``.
+    """
+    _check_layers(S_list, A_list)
+    eps = _check_eps(eps)
+    L = len(A_list) - 1
+    X = _check_X(X)
+    n = X.shape[0]
+    if groups is None:
+        if pool_size not in (0, 1):
+            raise DNMFValueError(
+                "groups: expected an int vector (n,) of group ids when pool_size > 1, found None "
+                "(pass np.zeros(n, int) to pool the whole block as one group)"
+            )
+        groups = np.zeros(n, dtype=np.int64)
+    S_new = list(S_list)
+    Xl, gl, yl = X, np.asarray(groups), (None if y is None else np.asarray(y))
+    inputs = []
+    for l in range(L + 1):
+        W = observed if l == 0 else None
+        S = _check_dense(S_list[l], f"S[{l}]", (Xl.shape[0], A_list[l].shape[1]))
+        inputs.append((Xl, yl))
+        if l < L:
+            _, index, _ = max_pool(S, gl, pool_size, stride, keep_size)
+            S_new[l] = s_update(Xl, S, A_list[l], observed=W, pool_index=index,
+                                S_up=S_list[l + 1], A_up=A_list[l + 1], eps=eps)
+            P, _, g_next = max_pool(S_new[l], gl, pool_size, stride, keep_size)
+            if yl is not None:
+                yl = pool_labels(yl, gl, pool_size, stride, keep_size)
+            Xl, gl = P, g_next
+        else:
+            S_new[l] = s_update(Xl, S, A_list[l], observed=W, B=B, y=yl, lam=lam, eps=eps)
+    stats = {
+        "A": [a_stats(inputs[l][0], S_new[l], A_list[l], observed=observed if l == 0 else None)
+              for l in range(L + 1)],
+        "B": None,
+        "energy": np.zeros(L + 2, dtype=np.float64),
+    }
+    if B is not None and yl is not None:
+        stats["B"] = b_stats(S_new[L], yl, B.shape[0])
+    if compute_energy:
+        for l in range(L + 1):
+            stats["energy"][l] = reconstruction_energy(inputs[l][0], S_new[l], A_list[l],
+                                                       observed if l == 0 else None)
+        if B is not None and yl is not None:
+            stats["energy"][L + 1] = label_energy(S_new[L], B, yl, lam)
+    return S_new, stats
+
+
+def apply_backprop_update(A_list, B, stats, eps=DEFAULT_EPS):
+    """Driver side of :func:`backprop_chunk_step`: ``(A_new_list, B_new)`` from the summed stats.
+
+    Every A[l] is updated from its own statistics (the A blocks are separable given the S's);
+    B is updated if ``stats["B"]`` is not None, else returned unchanged.
+    """
+    if len(stats["A"]) != len(A_list):
+        raise DNMFValueError(f"stats: expected A statistics for {len(A_list)} layers, found {len(stats['A'])}")
+    A_new = [apply_a_update(A, st, eps) for A, st in zip(A_list, stats["A"])]
+    B_new = B if (B is None or stats.get("B") is None) else apply_b_update(B, stats["B"], eps)
+    return A_new, B_new

@@ -1,0 +1,204 @@
+"""Frobenius multiplicative updates for NMF and semi-supervised NMF on one row block.
+
+Orientation (DESIGN.md §1): a block of data ``X`` is (n, n_features) with rows = samples;
+``S`` is (n, k), ``A`` is (n_features, k), so X ≈ S Aᵀ. The classifier ``B`` is
+(n_classes, k) and the one-hot labels ``Y`` (n, n_classes) ≈ S Bᵀ on labeled rows.
+
+Lee–Yoo–Choi semi-supervised NMF (the papers' eq. (2)), transcribed to this orientation, with
+data mask W (n, n_features) and label mask L (labeled rows)::
+
+    S ← S ⊙ [(W⊙X) A + λ (L⊙Y) B] / [(W⊙(S Aᵀ)) A + λ (L⊙(S Bᵀ)) B]
+    A ← A ⊙ [(W⊙X)ᵀ S] / [(W⊙(S Aᵀ))ᵀ S]
+    B ← B ⊙ [(L⊙Y)ᵀ S] / [(L⊙(S Bᵀ))ᵀ S]
+
+With λ = 0 (or no labels) and no mask these are Lee and Seung's NMF updates.
+
+Per block, :func:`block_step` does the S update of the block's rows (local) and returns the
+block's contributions to the numerators and denominators of the A and B updates (sums over
+rows, so blocks add up); :func:`update_factor` applies an update on the driver.
+
+eps guard: wherever a denominator is exactly 0 it is replaced by ``EPS`` (float32 machine
+epsilon, as scikit-learn does), so a zero numerator gives 0 and never 0/0 = NaN; factors stay
+≥ 0 because numerators and denominators are sums of products of nonnegative numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+EPS = float(np.finfo(np.float32).eps)
+
+
+def _safe_ratio(num, den):
+    den = np.where(den == 0, EPS, den)
+    return num / den
+
+
+def one_hot(y, n_classes, dtype=np.float64):
+    """One-hot (n, n_classes) of labels ``y``; rows with ``y == -1`` are all zero (= L ⊙ Y)."""
+    y = np.asarray(y)
+    Y = np.zeros((y.shape[0], n_classes), dtype=dtype)
+    lab = y >= 0
+    Y[np.flatnonzero(lab), y[lab]] = 1
+    return Y
+
+
+def split_missing(X, W=None):
+    """Return (X with missing entries set to 0, mask or None).
+
+    Dense X: NaN marks missing entries (combined with ``W`` if given). Sparse X: ``W`` is a
+    sparse matrix whose pattern holds the observed entries (stored zeros of X outside it are
+    ignored), or None = everything observed.
+    """
+    if sp.issparse(X):
+        if W is None:
+            return X, None
+        W = sp.csr_matrix(W, dtype=bool)
+        Xw = X.multiply(W).tocsr()
+        return Xw, W
+    nan = np.isnan(X)
+    if nan.any():
+        W = ~nan if W is None else (np.asarray(W, dtype=bool) & ~nan)
+    if W is None:
+        return X, None
+    W = np.asarray(W, dtype=bool)
+    return np.where(W, np.nan_to_num(X), 0).astype(X.dtype, copy=False), W
+
+
+def masked_product(S, A, W):
+    """W ⊙ (S Aᵀ): dense (n, n_features) for a dense mask, sparse with W's pattern for a sparse mask."""
+    if sp.issparse(W):
+        W = W.tocoo()
+        vals = np.einsum("ij,ij->i", S[W.row], A[W.col])
+        return sp.csr_matrix((vals, (W.row, W.col)), shape=W.shape)
+    return (S @ A.T) * W
+
+
+def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=None):
+    """One multiplicative update of a block's S rows, and the block's sums for the A/B updates.
+
+    Parameters
+    ----------
+    X : ndarray or csr_matrix, shape (n, n_features)
+        The block (NaN = missing for dense).
+    S : ndarray (n, k)
+        The block's current coefficients.
+    A : ndarray (n_features, k)
+    B : ndarray (n_classes, k) or None
+        Classifier (SSNMF). Ignored when ``lam == 0``.
+    y : ndarray of int (n,) or None
+        Labels of the block, -1 = unlabeled.
+    lam : float
+        Weight λ of the label term.
+    W : bool ndarray (n, n_features) or sparse pattern, optional
+        Data mask (see :func:`split_missing`).
+    update_S : bool
+        If False, S is kept (used to evaluate the objective only).
+    AtA : ndarray (k, k), optional
+        Precomputed ``A.T @ A`` (shared by all blocks).
+
+    Returns
+    -------
+    S_new : ndarray (n, k)
+    stats : dict of float64 arrays, each a sum over the block's rows
+        ``XtS`` (n_features, k) = (W⊙X)ᵀ S_new; ``StS`` (k, k) = S_newᵀ S_new (no mask) or
+        ``WSAtS`` (n_features, k) = (W⊙(S_new Aᵀ))ᵀ S_new (mask); with labels ``YtS``
+        (n_classes, k) and ``StS_L`` (k, k) over labeled rows; and, evaluated at the *incoming*
+        (S, A, B): ``loss_X`` = ||W⊙(X − S Aᵀ)||², ``loss_Y`` = ||L⊙(Y − S Bᵀ)||²,
+        ``norm_X`` = ||W⊙X||², ``n_labeled`` and ``n_correct`` (argmax of S Bᵀ).
+    """
+    X, W = split_missing(X, W)
+    dt = S.dtype
+    A = A.astype(dt, copy=False)
+    XA = np.asarray(X @ A)
+    norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.einsum("ij,ij->", X, X, dtype=np.float64))
+    if W is None:
+        if AtA is None:
+            AtA = A.T @ A
+        AtA = AtA.astype(dt, copy=False)
+        SAtA = S @ AtA
+        # ||X − S Aᵀ||² = ||X||² − 2⟨S, X A⟩ + ⟨SᵀS, AᵀA⟩, without forming S Aᵀ
+        loss_X = norm_X - 2.0 * float(np.einsum("ij,ij->", S, XA, dtype=np.float64)) + float(
+            np.einsum("ij,ij->", S, SAtA, dtype=np.float64)
+        )
+        loss_X = max(loss_X, 0.0)
+        den = SAtA
+    else:
+        WSA = masked_product(S, A, W)
+        R = X - WSA
+        loss_X = float(R.multiply(R).sum()) if sp.issparse(R) else float(np.einsum("ij,ij->", R, R, dtype=np.float64))
+        den = np.asarray(WSA @ A)
+    num = XA
+    stats = {"loss_X": loss_X, "norm_X": norm_X}
+
+    labeled = None
+    if B is not None and y is not None:
+        n_classes = B.shape[0]
+        labeled = np.asarray(y) >= 0
+        B = B.astype(dt, copy=False)
+        Y = one_hot(y, n_classes, dt)
+        SB = S @ B.T
+        LSB = SB * labeled[:, None]
+        stats["loss_Y"] = float(np.sum((Y - LSB) ** 2, dtype=np.float64))
+        stats["n_labeled"] = int(labeled.sum())
+        pred = np.argmax(SB, axis=1)
+        stats["n_correct"] = int(np.sum((pred == y) & labeled))
+        if lam > 0:
+            num = num + lam * (Y @ B)
+            den = den + lam * (LSB @ B)
+
+    S_new = S * _safe_ratio(num, den) if update_S else S
+    S_new = S_new.astype(dt, copy=False)
+
+    stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
+    if W is None:
+        stats["StS"] = (S_new.T @ S_new).astype(np.float64)
+    else:
+        stats["WSAtS"] = np.asarray(masked_product(S_new, A, W).T @ S_new, dtype=np.float64)
+    if labeled is not None:
+        SL = S_new[labeled]
+        stats["YtS"] = (Y[labeled].T @ SL).astype(np.float64)
+        stats["StS_L"] = (SL.T @ SL).astype(np.float64)
+    return S_new, stats
+
+
+def update_factor(F, num, den_gram=None, den_full=None):
+    """Multiplicative update of a factor from summed statistics.
+
+    ``F ← F ⊙ num / den`` with ``den = F @ den_gram`` (e.g. A (SᵀS), B (S_Lᵀ S_L)) or a
+    precomputed ``den_full`` (masked case). Shapes: F, num, den all (rows, k).
+    """
+    den = F @ den_gram if den_full is None else den_full
+    return (F * _safe_ratio(num, den)).astype(F.dtype, copy=False)
+
+
+def transform_block(X, A, S, *, max_iter=200, tol=1e-4, W=None):
+    """Coefficients of new samples with A fixed: MU on S only (no reduction needed).
+
+    Runs until the relative decrease of the block's objective falls below ``tol`` or
+    ``max_iter`` iterations; returns (S, n_iter).
+    """
+    X, W = split_missing(X, W)
+    A = A.astype(S.dtype, copy=False)
+    XA = np.asarray(X @ A)
+    AtA = A.T @ A
+    norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.sum(X * X))
+    prev = None
+    it = 0
+    for it in range(1, max_iter + 1):
+        if W is None:
+            den = S @ AtA
+        else:
+            den = np.asarray(masked_product(S, A, W) @ A)
+        S = S * _safe_ratio(XA, den)
+        if tol > 0 and it % 10 == 0:
+            if W is None:
+                obj = norm_X - 2.0 * np.sum(S * XA) + np.sum((S.T @ S) * AtA)
+            else:
+                R = X - masked_product(S, A, W)
+                obj = float(R.multiply(R).sum()) if sp.issparse(R) else float(np.sum(R * R))
+            if prev is not None and abs(prev - obj) <= tol * max(abs(prev), 1e-300):
+                break
+            prev = obj
+    return S, it

@@ -1,0 +1,133 @@
+"""Shared estimator machinery: input handling, the data-summary pass, seeds, outputs, history."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import dask
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+
+from .._validation import check_labels
+from ..errors import ConvergenceWarning, DNMFValueError
+from ..parallel.blocks import Blocks, as_blocks
+from ..parallel.mapreduce import map_reduce
+from ..store.corpus import Corpus
+
+#: dask inputs smaller than this are loaded into (cluster) memory once for the whole fit
+PERSIST_LIMIT_BYTES = 2 * 2**30
+
+
+def seed_from(random_state) -> int:
+    """An integer seed: the int itself, or one drawn from a RandomState / None."""
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
+
+
+def _summary_block(X, W):
+    """Per-block sums for the summary pass: entries, count, min, nnz, squared norm."""
+    if sp.issparse(X):
+        d = X.data
+        if W is not None:
+            d = X.multiply(sp.csr_matrix(W, dtype=bool)).data
+            count = int(sp.csr_matrix(W).nnz)
+        else:
+            count = X.shape[0] * X.shape[1]
+        finite = bool(np.isfinite(d).all())
+        return None, {
+            "sum": float(d.sum(dtype=np.float64)) if finite else 0.0,
+            "count": count,
+            "min": [float(d.min()) if d.size and finite else 0.0],
+            "nonfinite": int(0 if finite else (~np.isfinite(d)).sum()),
+            "nan": 0,
+            "nnz": int(X.nnz),
+        }
+    X = np.asarray(X)
+    nan = np.isnan(X)
+    obs = ~nan if W is None else (~nan & np.asarray(W, bool))
+    vals = X[obs]
+    return None, {
+        "sum": float(vals.sum(dtype=np.float64)),
+        "count": int(obs.sum()),
+        "min": [float(vals.min()) if vals.size else 0.0],
+        "nonfinite": int(np.isinf(X).sum()),
+        "nan": int(nan.sum()),
+        "nnz": int(np.count_nonzero(vals)),
+    }
+
+
+def data_summary(blocks: Blocks) -> dict:
+    """One pass over X: mean of observed entries, min, NaN count, nnz (validates dask inputs)."""
+    Ws = blocks.W or [None] * blocks.n_blocks
+    _, st = map_reduce(_summary_block, list(zip(blocks.X, Ws)), keep_outputs=False)
+    st["min"] = min(st["min"]) if st["min"] else 0.0
+    st["mean"] = st["sum"] / max(st["count"], 1)
+    return st
+
+
+class BaseFactorization(TransformerMixin, BaseEstimator):
+    """Common parts of the estimators of this package (not for direct use)."""
+
+    #: whether negative data is allowed (Semi-NMF)
+    _allow_negative = False
+
+    def _prepare(self, X, y=None, groups=None, observed=None, *, need_labels=False):
+        """Validate input and build row blocks. Returns (blocks, y or None, info)."""
+        if isinstance(X, Corpus) and y is None:
+            y = X.y
+        blocks, info = as_blocks(
+            X, groups=groups, observed=observed, chunk_rows=self.chunk_rows, allow_negative=self._allow_negative
+        )
+        if y is not None:
+            y = check_labels(y, blocks.n_samples, "y")
+        elif need_labels:
+            raise DNMFValueError("y: expected labels (int, -1 = unlabeled) for this model, found None")
+        persist = self.persist
+        if persist == "auto":
+            persist = info["kind"] in ("numpy", "sparse") or blocks.nbytes_estimate(info.get("nnz")) <= PERSIST_LIMIT_BYTES
+        if persist:
+            blocks = blocks.persist()
+        return blocks, y, info
+
+    def _check_summary(self, summary):
+        if summary["nonfinite"]:
+            raise DNMFValueError(f"X: expected finite values (NaN only for missing entries), found {summary['nonfinite']} inf entries")
+        if not self._allow_negative and summary["min"] < 0:
+            raise DNMFValueError(f"X: expected nonnegative values, found minimum {summary['min']:g}")
+        if summary["count"] == 0:
+            raise DNMFValueError("X: expected at least one observed entry, found none")
+
+    @staticmethod
+    def _gather(blocks: Blocks, parts, n_cols, dtype, kind):
+        """Per-block (n_i, n_cols) results as numpy (in-memory input) or a lazy dask array."""
+        if kind in ("dask", "corpus"):
+            return blocks.to_dask(parts, n_cols, dtype)
+        arrs = dask.compute(*parts)
+        return np.concatenate(arrs, axis=0) if arrs else np.zeros((0, n_cols), dtype)
+
+    def _finish(self, n_iter, stop_reason, max_iter):
+        self.n_iter_ = int(n_iter)
+        self.stop_reason_ = stop_reason
+        if stop_reason == "max_iter" and self.tol > 0:
+            warnings.warn(
+                f"{type(self).__name__}: reached max_iter={max_iter} before the relative decrease fell below tol={self.tol}",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def components_(self):
+        """(k0, n_features) = ``A_[0].T``, as in scikit-learn's NMF."""
+        return self.A_[0].T
+
+    @property
+    def n_components_(self):
+        return self.A_[-1].shape[1]
+
+
+def new_history(*keys):
+    return {k: [] for k in keys}

@@ -1,0 +1,338 @@
+"""NMF and semi-supervised NMF (Lee–Yoo–Choi) with Frobenius multiplicative updates."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import ClassifierMixin
+
+from .._validation import check_choice, check_matrix, check_nonneg_float, check_positive_int
+from ..errors import DNMFValueError
+from ..kernels.init import random_matrix
+from ..kernels.nmf import block_step, transform_block, update_factor
+from ..parallel.init import nndsvd_init, random_init
+from ..parallel.mapreduce import map_reduce, shared
+from ..parallel.scheduler import scheduler_context
+from .base import BaseFactorization, data_summary, new_history, seed_from
+
+import dask
+
+
+def _nmf_task(X, S, y, W, *, A, AtA, B, lam, update_S):
+    return block_step(X, S, A, B=B, y=y, lam=lam, W=W, update_S=update_S, AtA=AtA)
+
+
+def _transform_task(X, W, *, A, scale, max_iter, tol, dtype):
+    S0 = np.full((X.shape[0], A.shape[1]), scale, dtype=dtype)
+    S, _ = transform_block(X, A, S0, max_iter=max_iter, tol=tol, W=W)
+    return S, {}
+
+
+class NMF(BaseFactorization):
+    """Nonnegative matrix factorization X ≈ S Aᵀ by Frobenius multiplicative updates, on dask.
+
+    Rows of ``X`` are samples (scikit-learn's orientation). The papers' A(0) is ``A_[0]``
+    (n_features, k); ``transform`` returns S (n_samples, k); ``components_`` = ``A_[0].T``.
+
+    Each iteration reads X once: every row block updates its S rows and emits its parts of XᵀS
+    and SᵀS, which are tree-summed; A is updated on the driver.
+
+    Parameters
+    ----------
+    n_components : int
+        Rank k.
+    init : {'random', 'nndsvd', 'nndsvda', 'custom'}, default 'nndsvda'
+        'random' draws S rows per row index (independent of chunking), 'nndsvd(a)' uses a
+        randomized SVD computed blockwise, 'custom' takes ``W=`` (S) and ``H=`` (Aᵀ) in ``fit``.
+    max_iter : int, default 200
+    tol : float, default 1e-4
+        Stop when the relative decrease of the objective over one iteration is below ``tol``
+        (the objective of iteration t is evaluated during the pass of iteration t+1, so a fit
+        that stops at ``n_iter_`` has applied one update after the check). 0 disables.
+    random_state : int, RandomState or None
+    chunk_rows : int, optional
+        Rows per block when X is in memory (default chosen from the data's size); dask and corpus
+        inputs keep their blocks.
+    scheduler : see :mod:`dnmf_dask.parallel.scheduler`
+    persist : 'auto', bool
+        Keep X in (cluster) memory for the whole fit ('auto': in-memory inputs and dask inputs
+        under 2 GiB) or stream it from its source each iteration (out of core).
+    transform_max_iter : int, default 200
+        Iterations of the S-only updates used by ``transform``.
+
+    Attributes
+    ----------
+    A_ : list of one ndarray (n_features, k)
+    components_ : ndarray (k, n_features)
+    n_iter_ : int
+    stop_reason_ : {'tol', 'max_iter'}
+    history_ : dict of lists — per iteration ``objective``, ``loss_X`` (= ||X − S Aᵀ||² over
+        observed entries), ``rel_error`` (= sqrt(loss_X / ||X||²)).
+    reconstruction_err_ : float
+        ||X − S Aᵀ||_F at the end of the fit (as scikit-learn).
+    n_features_in_ : int
+    """
+
+    _model_name = "NMF"
+
+    def __init__(
+        self,
+        n_components=10,
+        *,
+        init="nndsvda",
+        max_iter=200,
+        tol=1e-4,
+        random_state=None,
+        chunk_rows=None,
+        scheduler=None,
+        persist="auto",
+        transform_max_iter=200,
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.chunk_rows = chunk_rows
+        self.scheduler = scheduler
+        self.persist = persist
+        self.transform_max_iter = transform_max_iter
+        self.verbose = verbose
+
+    # -- parameter validation (one place) ------------------------------------------------
+    def _validate_params(self):
+        check_positive_int(self.n_components, "n_components")
+        check_choice(self.init, "init", ("random", "nndsvd", "nndsvda", "custom"))
+        check_positive_int(self.max_iter, "max_iter")
+        check_nonneg_float(self.tol, "tol")
+        check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
+        check_positive_int(self.transform_max_iter, "transform_max_iter")
+        if self.persist not in ("auto", True, False):
+            raise DNMFValueError(f"persist: expected 'auto', True or False, found {self.persist!r}")
+        lam = getattr(self, "lam", 0.0)
+        check_nonneg_float(lam, "lam")
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
+        """Fit to X (numpy, scipy.sparse, dask array or an opened corpus). Returns self."""
+        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False)
+        return self
+
+    def fit_transform(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
+        """Fit and return S (n_samples, k): numpy for in-memory X, a lazy dask array otherwise."""
+        return self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=True)
+
+    def _init_factors(self, blocks, summary, seed, W, H):
+        k = self.n_components
+        dtype = blocks.dtype
+        if self.init == "custom" or W is not None or H is not None:
+            if W is None or H is None:
+                raise DNMFValueError("W, H: expected both initial factors with init='custom', found only one")
+            W = check_matrix(W, "W", allow_dask=False)
+            H = check_matrix(H, "H", allow_dask=False)
+            if W.shape != (blocks.n_samples, k) or H.shape != (k, blocks.n_features):
+                raise DNMFValueError(
+                    f"W, H: expected shapes {(blocks.n_samples, k)} and {(k, blocks.n_features)}, found {W.shape} and {H.shape}"
+                )
+            W = np.asarray(W, dtype=dtype)
+            S = [dask.delayed(W[blocks.offsets[i] : blocks.offsets[i + 1]].copy()) for i in range(blocks.n_blocks)]
+            return list(dask.persist(*S)), np.ascontiguousarray(np.asarray(H, dtype=dtype).T)
+        if self.init == "random":
+            return random_init(blocks, k, seed, summary["mean"], dtype)
+        return nndsvd_init(blocks, k, seed, summary["mean"], dtype, variant=self.init)
+
+    def _init_B(self, n_classes, seed, dtype):
+        return random_matrix(seed, (n_classes, self.n_components), 1.0 / np.sqrt(self.n_components), dtype, stream=3)
+
+    def _labels(self, y):
+        return None, None  # NMF ignores labels
+
+    def _fit(self, X, y, *, groups, observed, W, H, return_S):
+        self._validate_params()
+        with scheduler_context(self.scheduler):
+            blocks, y, info = self._prepare(X, y, groups, observed, need_labels=False)
+            summary = data_summary(blocks)
+            self._check_summary(summary)
+            k = self.n_components
+            if k > min(blocks.n_samples, blocks.n_features) and self.init in ("nndsvd", "nndsvda"):
+                raise DNMFValueError(
+                    f"n_components: expected <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)} for init={self.init!r}, found {k}"
+                )
+            seed = seed_from(self.random_state)
+            S_blocks, A = self._init_factors(blocks, summary, seed, W, H)
+            y_codes, n_classes = self._labels(y)
+            lam = float(getattr(self, "lam", 0.0))
+            B = self._init_B(n_classes, seed, blocks.dtype) if n_classes else None
+            y_parts = blocks.split(y_codes)
+            W_parts = blocks.W or [None] * blocks.n_blocks
+            hist = new_history("objective", "loss_X", "loss_Y", "rel_error", "accuracy_labeled")
+
+            def record(st):
+                lossY = st.get("loss_Y", 0.0)
+                hist["loss_X"].append(st["loss_X"])
+                hist["loss_Y"].append(lossY)
+                hist["objective"].append(st["loss_X"] + lam * lossY)
+                hist["rel_error"].append(float(np.sqrt(st["loss_X"] / st["norm_X"])) if st["norm_X"] > 0 else 0.0)
+                nl = st.get("n_labeled", 0)
+                hist["accuracy_labeled"].append(st["n_correct"] / nl if nl else float("nan"))
+
+            stop_reason = "max_iter"
+            n_iter = 0
+            for it in range(1, self.max_iter + 1):
+                AtA = A.T @ A
+                S_blocks, st = map_reduce(
+                    _nmf_task,
+                    list(zip(blocks.X, S_blocks, y_parts, W_parts)),
+                    A=A, AtA=AtA, B=B, lam=lam, update_S=True,
+                )
+                if it > 1:
+                    record(st)  # objective after iteration it-1
+                # driver-side updates of A (and B) from the summed block statistics
+                if "WSAtS" in st:
+                    A = update_factor(A, st["XtS"], den_full=st["WSAtS"])
+                else:
+                    A = update_factor(A, st["XtS"], den_gram=st["StS"])
+                if B is not None and "YtS" in st:
+                    B = update_factor(B, st["YtS"], den_gram=st["StS_L"])
+                n_iter = it
+                if self.verbose:
+                    print(f"{type(self).__name__}: iteration {it}" + (f" objective {hist['objective'][-1]:.6g}" if hist["objective"] else ""))
+                h = hist["objective"]
+                if self.tol > 0 and len(h) >= 2 and (h[-2] - h[-1]) <= self.tol * abs(h[-2]):
+                    stop_reason = "tol"
+                    break
+            # one more pass evaluates the final state (and returns S unchanged)
+            S_out, st = map_reduce(
+                _nmf_task,
+                list(zip(blocks.X, S_blocks, y_parts, W_parts)),
+                keep_outputs=return_S,
+                A=A, AtA=A.T @ A, B=B, lam=lam, update_S=False,
+            )
+            record(st)
+            self.A_ = [A]
+            if B is not None:
+                self.B_ = B
+            self.history_ = hist
+            self.reconstruction_err_ = float(np.sqrt(st["loss_X"]))
+            self.n_features_in_ = blocks.n_features
+            self._transform_scale = float(np.sqrt(max(summary["mean"], 0.0) / k))
+            self._finish(n_iter, stop_reason, self.max_iter)
+            if return_S:
+                return self._gather(blocks, S_out, k, blocks.dtype, info["kind"])
+        return None
+
+    # -- using a fitted model ------------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "A_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet; call fit first.")
+
+    def transform(self, X, *, groups=None, observed=None):
+        """S (n_samples, k) for X with the learned A fixed (multiplicative updates on S only)."""
+        self._check_fitted()
+        with scheduler_context(self.scheduler):
+            blocks, _, info = self._prepare(X, None, groups, observed)
+            if blocks.n_features != self.n_features_in_:
+                raise DNMFValueError(f"X: expected {self.n_features_in_} features (as in fit), found {blocks.n_features}")
+            A = self.A_[0].astype(blocks.dtype)
+            W_parts = blocks.W or [None] * blocks.n_blocks
+            parts, _ = map_reduce(
+                _transform_task, list(zip(blocks.X, W_parts)), A=A,
+                scale=self._transform_scale, max_iter=self.transform_max_iter, tol=self.tol, dtype=blocks.dtype,
+            )
+            return self._gather(blocks, parts, A.shape[1], blocks.dtype, info["kind"])
+
+    def inverse_transform(self, S):
+        """S Aᵀ (n_samples, n_features)."""
+        self._check_fitted()
+        return S @ self.A_[0].T
+
+    def score(self, X, y=None):
+        """Negative squared Frobenius reconstruction error of ``transform(X)`` (higher is better)."""
+        S = np.asarray(self.transform(X))
+        Xc = check_matrix(X.X if hasattr(X, "row_offsets") else X, "X", allow_nan=True, allow_dask=True)
+        if hasattr(Xc, "compute"):
+            Xc = Xc.compute()
+        R = (Xc.toarray() if sp.issparse(Xc) else Xc) - S @ self.A_[0].T
+        return -float(np.nansum(R * R))
+
+
+class SSNMF(ClassifierMixin, NMF):
+    """Semi-supervised NMF (Lee, Yoo & Choi 2010) on dask: X ≈ S Aᵀ and Y ≈ S Bᵀ on labeled rows.
+
+    Minimises ||W ⊙ (X − S Aᵀ)||² + λ ||L ⊙ (Y − S Bᵀ)||² with A, S, B ≥ 0, where W is the data
+    mask (``observed=`` or NaN in dense X) and L marks labeled samples (``y != -1``).
+
+    Parameters are those of :class:`NMF` plus ``lam`` (λ, default 1.0). ``fit(X, y)`` needs
+    integer labels with -1 for unlabeled samples; at least one labeled sample.
+
+    Attributes (besides NMF's): ``B_`` (n_classes, k), ``classes_``; ``history_`` also has
+    ``loss_Y`` and ``accuracy_labeled`` (on the labeled samples, argmax of S Bᵀ).
+    """
+
+    _model_name = "SSNMF"
+
+    def __init__(
+        self,
+        n_components=10,
+        *,
+        lam=1.0,
+        init="nndsvda",
+        max_iter=200,
+        tol=1e-4,
+        random_state=None,
+        chunk_rows=None,
+        scheduler=None,
+        persist="auto",
+        transform_max_iter=200,
+        verbose=0,
+    ):
+        super().__init__(
+            n_components,
+            init=init,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+            chunk_rows=chunk_rows,
+            scheduler=scheduler,
+            persist=persist,
+            transform_max_iter=transform_max_iter,
+            verbose=verbose,
+        )
+        self.lam = lam
+
+    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
+        """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one)."""
+        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False)
+        return self
+
+    def _labels(self, y):
+        if y is None:
+            raise DNMFValueError("y: expected labels for SSNMF (int, -1 = unlabeled), found None")
+        labeled = y >= 0
+        if not labeled.any():
+            raise DNMFValueError("y: expected at least one labeled sample (y >= 0), found only -1")
+        self.classes_ = np.unique(y[labeled])
+        codes = np.full_like(y, -1)
+        codes[labeled] = np.searchsorted(self.classes_, y[labeled])
+        return codes, len(self.classes_)
+
+    def decision_function(self, X, **kw):
+        """S Bᵀ (n_samples, n_classes) for X."""
+        S = self.transform(X, **kw)
+        return S @ self.B_.T
+
+    def predict(self, X, **kw):
+        """Class of each sample: ``classes_[argmax(S Bᵀ)]``."""
+        D = np.asarray(self.decision_function(X, **kw))
+        return self.classes_[np.argmax(D, axis=1)]
+
+    def score(self, X, y=None):
+        """Accuracy on the labeled samples of y (-1 ignored); without y, NMF's score."""
+        if y is None:
+            return super().score(X)
+        y = np.asarray(y)
+        m = y >= 0
+        return float(np.mean(self.predict(X)[m] == y[m]))

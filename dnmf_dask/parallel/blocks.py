@@ -1,0 +1,139 @@
+"""Row-blocked data as a list of dask tasks: the unit every parallel pass maps over.
+
+:class:`Blocks` holds one dask ``Delayed`` per row block of X (and of the data mask), the
+block offsets, and what the kernels need to know (dtype, sparsity). It is built from a numpy
+array, a scipy.sparse matrix, a dask array or an opened :class:`~dnmf_dask.store.Corpus`; a
+block never splits a group.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+
+from .._validation import check_groups, check_matrix, check_observed
+from ..errors import DNMFValueError
+from ..store.corpus import Corpus, auto_chunk_rows, row_blocks
+
+
+def _literal(value, prefix):
+    """A Delayed holding ``value`` under a fresh key (no hashing of large arrays)."""
+    return dask.delayed(value, name=f"{prefix}-{uuid.uuid4().hex}")
+
+
+@dataclass
+class Blocks:
+    """Row blocks of X: ``X[i]`` is a Delayed of rows ``offsets[i]:offsets[i+1]``."""
+
+    X: list
+    offsets: np.ndarray
+    n_features: int
+    dtype: np.dtype
+    sparse: bool
+    W: list | None = None
+    persisted: bool = False
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.X)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def split(self, v):
+        """Split a per-sample vector (or None) into per-block numpy pieces."""
+        if v is None:
+            return [None] * self.n_blocks
+        return [v[self.offsets[i] : self.offsets[i + 1]] for i in range(self.n_blocks)]
+
+    def to_dask(self, parts, n_cols, dtype):
+        """Concatenate per-block (n_i, n_cols) Delayed results into a dask array."""
+        arrs = [da.from_delayed(p, shape=(int(s), n_cols), dtype=dtype) for p, s in zip(parts, self.sizes)]
+        return da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
+
+    def persist(self) -> "Blocks":
+        """Load the blocks into (cluster) memory once, so later passes do not re-read the store."""
+        if self.persisted:
+            return self
+        Xp = list(dask.persist(*self.X))
+        Wp = None if self.W is None else list(dask.persist(*self.W))
+        return replace(self, X=Xp, W=Wp, persisted=True)
+
+    def nbytes_estimate(self, nnz=None) -> int:
+        item = np.dtype(self.dtype).itemsize
+        if self.sparse:
+            return int((nnz or 0) * (item + 4) + 8 * (self.n_samples + self.n_blocks))
+        return int(self.n_samples * self.n_features * item)
+
+
+def _split_in_memory(X, offsets, prefix):
+    return [_literal(X[offsets[i] : offsets[i + 1]], prefix) for i in range(len(offsets) - 1)]
+
+
+def _dask_blocks(X, groups):
+    X = X.rechunk({1: -1})
+    offsets = np.r_[0, np.cumsum(X.chunks[0])].astype(np.int64)
+    if groups is not None and len(offsets) > 2:
+        g = np.asarray(groups)
+        cut = offsets[1:-1]
+        if np.any(g[cut] == g[cut - 1]):
+            # a block boundary splits a group: rechunk to group-respecting blocks
+            new = row_blocks(len(g), max(1, int(np.median(np.diff(offsets)))), g)
+            X = X.rechunk({0: tuple(np.diff(new).tolist())})
+            offsets = new
+    return list(X.to_delayed().ravel()), offsets, X
+
+
+def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=False) -> tuple[Blocks, dict]:
+    """Turn the estimators' input into :class:`Blocks`.
+
+    Returns ``(blocks, info)`` where ``info`` has ``kind`` ("numpy", "sparse", "dask", "corpus"),
+    the validated ``groups`` codes (or None) and ``nnz`` when known.
+    """
+    info = {}
+    if isinstance(X, Corpus):
+        info["kind"] = "corpus"
+        if groups is None:
+            groups = X.groups
+        info["nnz"] = X.attrs.get("nnz")
+        X = X.X
+    Xc = check_matrix(X, "X", allow_nan=True, allow_negative=allow_negative, allow_dask=True)
+    n, f = Xc.shape
+    if n == 0 or f == 0:
+        raise DNMFValueError(f"X: expected at least one sample and one feature, found shape {Xc.shape}")
+    g = None if groups is None else check_groups(groups, n)
+    info["groups"] = g
+    W = check_observed(observed, (n, f), sp.issparse(Xc))
+    if isinstance(Xc, da.Array):
+        info.setdefault("kind", "dask")
+        sparse = sp.issparse(Xc._meta)
+        if chunk_rows is not None:
+            Xc = Xc.rechunk({0: tuple(np.diff(row_blocks(n, chunk_rows, g)).tolist()), 1: -1})
+        parts, offsets, Xc = _dask_blocks(Xc, g)
+        Wparts = None
+        if W is not None:
+            if isinstance(W, da.Array):
+                Wparts = list(W.rechunk({0: Xc.chunks[0], 1: -1}).to_delayed().ravel())
+            else:
+                Wparts = _split_in_memory(W, offsets, "observed")
+        return Blocks(parts, offsets, f, np.dtype(Xc.dtype), sparse, Wparts), info
+    sparse = sp.issparse(Xc)
+    info["kind"] = "sparse" if sparse else "numpy"
+    if sparse:
+        info["nnz"] = Xc.nnz
+    if chunk_rows is None:
+        chunk_rows = auto_chunk_rows(n, f, Xc.nnz if sparse else None, Xc.dtype.itemsize)
+    offsets = row_blocks(n, chunk_rows, g)
+    parts = _split_in_memory(Xc, offsets, "X")
+    Wparts = None if W is None else _split_in_memory(W, offsets, "observed")
+    return Blocks(parts, offsets, f, np.dtype(Xc.dtype), sparse, Wparts), info

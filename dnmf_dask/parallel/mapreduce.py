@@ -1,0 +1,77 @@
+"""Map a per-block kernel over the row blocks and tree-reduce its small statistics.
+
+Every pass of every model has the same shape, as in dask's tsqr: one task per row block calls a
+pure kernel that returns ``(block_output, stats)``; the ``stats`` (dicts of small arrays and
+numbers that add across blocks) are summed by a fixed-order tree of ``add_stats`` tasks; the
+per-block outputs (e.g. the block's new S rows) stay where they were computed (persisted) for
+the next pass. The fixed tree makes the result independent of the scheduler.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import dask
+import numpy as np
+
+FAN_IN = 8
+
+
+def add_stats(*parts):
+    """Sum dicts of arrays / numbers key by key (keys missing in some parts are allowed)."""
+    out = {}
+    for p in parts:
+        for k, v in p.items():
+            if k in out:
+                out[k] = out[k] + v
+            else:
+                out[k] = v.copy() if isinstance(v, np.ndarray) else v
+    return out
+
+
+def tree_sum(items, fan_in=FAN_IN):
+    """Reduce a list of Delayed stats dicts with a fixed-shape tree of ``add_stats`` tasks."""
+    level = list(items)
+    if not level:
+        return dask.delayed({})
+    while len(level) > 1:
+        level = [
+            dask.delayed(add_stats, pure=True)(*level[i : i + fan_in]) for i in range(0, len(level), fan_in)
+        ]
+    return level[0]
+
+
+def shared(value, prefix="shared"):
+    """Wrap a driver-side value (A, B, ...) once per pass, so the graph carries it once."""
+    if value is None:
+        return None
+    return dask.delayed(value, name=f"{prefix}-{uuid.uuid4().hex}")
+
+
+def map_reduce(func, per_block, *, keep_outputs=True, **shared_kwargs):
+    """Run ``func(*per_block[i], **shared_kwargs)`` for every block and reduce the stats.
+
+    Parameters
+    ----------
+    func : callable returning ``(output, stats_dict)``
+    per_block : list of tuples
+        Per-block positional arguments (Delayed blocks, numpy slices, None).
+    keep_outputs : bool
+        Persist and return the per-block outputs (else they are dropped).
+    shared_kwargs :
+        Keyword arguments common to all blocks; numpy arrays are wrapped with :func:`shared`.
+
+    Returns
+    -------
+    outputs : list of Delayed (persisted) or None
+    stats : dict (computed, on the driver)
+    """
+    kw = {k: (shared(v, k) if isinstance(v, np.ndarray) else v) for k, v in shared_kwargs.items()}
+    name = getattr(func, "__name__", "block")
+    tasks = [dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=f"{name}-{uuid.uuid4().hex}") for args in per_block]
+    outputs = [t[0] for t in tasks]
+    total = tree_sum([t[1] for t in tasks])
+    if keep_outputs:
+        outputs, total = dask.persist(outputs, total)
+        return list(outputs), total.compute()
+    return None, total.compute()

@@ -1,0 +1,88 @@
+"""Where the work runs: dask's current scheduler, a named one, a LocalCluster, or an address.
+
+``scheduler`` values accepted by every estimator's ``fit`` and by the CLI:
+
+* ``None`` — whatever dask uses now: the active ``distributed.Client`` (e.g. in Jupyter) if
+  there is one, else the threaded scheduler;
+* ``"threads"``, ``"synchronous"``, ``"processes"`` — dask's local schedulers;
+* ``"local"`` — start a ``distributed.LocalCluster`` for the duration of the call (dashboard
+  bound to 127.0.0.1, its address printed);
+* an address ``"tcp://host:port"`` / ``"tls://..."`` — connect a Client to that scheduler;
+* a ``distributed.Client`` — use it.
+
+The environment variable ``DASK_SCHEDULER_ADDRESS`` is honoured when ``scheduler`` is None and
+no Client is active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import dask
+
+from ..errors import DNMFValueError
+
+LOCAL_SCHEDULERS = ("threads", "threading", "synchronous", "sync", "processes")
+
+
+def _active_client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None, memory_limit="auto", verbose=True):
+    """Context manager that makes dask run on the chosen scheduler (see module docstring)."""
+    if scheduler is None:
+        addr = os.environ.get("DASK_SCHEDULER_ADDRESS")
+        if addr and _active_client() is None:
+            scheduler = addr
+        else:
+            yield None
+            return
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        Client = None
+    if Client is not None and isinstance(scheduler, Client):
+        with scheduler.as_current(), dask.config.set(scheduler=scheduler):
+            yield scheduler
+        return
+    if not isinstance(scheduler, str):
+        raise DNMFValueError(
+            f"scheduler: expected None, 'threads', 'synchronous', 'processes', 'local', an address or a Client, found {type(scheduler).__name__}"
+        )
+    if scheduler in LOCAL_SCHEDULERS:
+        with dask.config.set(scheduler=scheduler):
+            yield None
+        return
+    if scheduler == "local":
+        from distributed import LocalCluster
+
+        with LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address="127.0.0.1:0",
+            host="127.0.0.1",
+        ) as cluster, Client(cluster) as client:
+            if verbose:
+                print(f"dnmf: started a LocalCluster with {len(cluster.workers)} workers; dashboard: {client.dashboard_link}", file=sys.stderr)
+            with dask.config.set(scheduler=client):
+                yield client
+        return
+    if "://" in scheduler or ":" in scheduler:
+        with Client(scheduler) as client:
+            with dask.config.set(scheduler=client):
+                yield client
+        return
+    raise DNMFValueError(
+        f"scheduler: expected None, 'threads', 'synchronous', 'processes', 'local' or an address like 'tcp://host:8786', found {scheduler!r}"
+    )

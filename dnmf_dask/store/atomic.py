@@ -1,0 +1,61 @@
+"""Atomic directory writes: build a store beside its destination, then rename it into place.
+
+A write that fails or is interrupted leaves at most a hidden ``.<name>.tmp-*`` folder beside the
+destination (removed on failure when possible) and never touches an existing store until the new
+one is complete. Replacing an existing store moves the old one aside, renames the new one in,
+then deletes the old one; a crash between those two renames leaves the old store recoverable
+under ``.<name>.old-*``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from ..errors import DNMFValueError, StoreError
+
+
+def _check_parent_writable(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        raise DNMFValueError(f"path: expected a path whose parent folder exists, found missing folder {str(parent)!r}")
+    if not os.access(parent, os.W_OK):
+        raise StoreError(f"path: expected a writable folder, found no write permission on {str(parent)!r}")
+
+
+@contextlib.contextmanager
+def atomic_directory(path, *, overwrite: bool = False):
+    """Yield a temporary folder; on success it becomes ``path`` in one rename.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination folder (a zarr store, for example).
+    overwrite : bool
+        Replace an existing ``path``. Without it an existing ``path`` is an error and is left
+        untouched.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise StoreError(f"path: expected a new location (or overwrite=True), found existing {str(path)!r}")
+    _check_parent_writable(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
