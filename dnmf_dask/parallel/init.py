@@ -8,6 +8,7 @@ import numpy as np
 
 from ..kernels.init import NNDSVD_EPS, nndsvd_choice, nndsvd_rows, random_matrix, random_rows
 from .blocks import Blocks
+from .mapreduce import map_reduce
 
 
 def random_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype):
@@ -21,8 +22,34 @@ def random_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype):
     return list(dask.persist(*S)), A
 
 
-def nndsvd_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype, variant="nndsvd", n_power_iter=7):
-    """NNDSVD(a) from a randomized truncated SVD computed blockwise with dask (svd_compressed)."""
+#: up to this many features the SVD for NNDSVD is exact (eigendecomposition of XᵀX, one pass)
+GRAM_SVD_MAX_FEATURES = 4096
+
+
+def _gram_block(X):
+    X = X.toarray() if hasattr(X, "toarray") else np.nan_to_num(X)
+    X = X.astype(np.float64, copy=False)
+    return None, {"G": X.T @ X}
+
+
+def _u_block(X, V, s):
+    X = X if hasattr(X, "toarray") else np.nan_to_num(X)
+    U = np.asarray(X @ V) / np.where(s > 0, s, 1.0)
+    return U, {"pos": (np.maximum(U, 0) ** 2).sum(0), "neg": (np.minimum(U, 0) ** 2).sum(0)}
+
+
+def _exact_svd(blocks: Blocks, k: int):
+    """Top-k SVD from the Gram matrix XᵀX (n_features small): U blocks, s, V, U part norms."""
+    _, st = map_reduce(_gram_block, [(b,) for b in blocks.X], keep_outputs=False)
+    evals, evecs = np.linalg.eigh(st["G"])
+    order = np.argsort(evals)[::-1][:k]
+    s = np.sqrt(np.maximum(evals[order], 0))
+    V = evecs[:, order]
+    U_blocks, st = map_reduce(_u_block, [(b,) for b in blocks.X], V=V, s=s)
+    return U_blocks, s, V, np.sqrt(st["pos"]), np.sqrt(st["neg"])
+
+
+def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
     if blocks.sparse:
         Xd = _sparse_dask(blocks)
     else:  # missing entries (NaN) count as 0 for the initial SVD
@@ -31,13 +58,28 @@ def nndsvd_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype, variant
     upn = da.sqrt((da.maximum(u, 0) ** 2).sum(axis=0))
     unn = da.sqrt((da.minimum(u, 0) ** 2).sum(axis=0))
     s, vt, upn, unn = dask.compute(s, vt, upn, unn)
-    use_pos, u_scale, A = nndsvd_choice(s, vt.T, upn, unn)
+    U_blocks = list(u.rechunk({0: tuple(blocks.sizes.tolist()), 1: -1}).to_delayed().ravel())
+    return U_blocks, s, vt.T, upn, unn
+
+
+def nndsvd_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype, variant="nndsvd", n_power_iter=7):
+    """NNDSVD(a) (Boutsidis & Gallopoulos) from a truncated SVD of X computed blockwise.
+
+    The SVD is exact (eigendecomposition of the XᵀX summed over blocks) when n_features ≤
+    :data:`GRAM_SVD_MAX_FEATURES`, else randomized (dask's ``svd_compressed``, ``n_power_iter``
+    power iterations), whose result can differ across chunkings at the level of rounding
+    amplified by the singular-value gaps.
+    """
+    if blocks.n_features <= GRAM_SVD_MAX_FEATURES:
+        U_blocks, s, V, upn, unn = _exact_svd(blocks, k)
+    else:
+        U_blocks, s, V, upn, unn = _randomized_svd(blocks, k, seed, n_power_iter)
+    use_pos, u_scale, A = nndsvd_choice(s, V, upn, unn)
     A[A < NNDSVD_EPS] = 0
     fill = mean_X if variant == "nndsvda" else None
     if fill is not None:
         A[A == 0] = fill
-    u_blocks = u.rechunk({0: tuple(blocks.sizes.tolist()), 1: -1}).to_delayed().ravel()
-    S = [dask.delayed(_rows, pure=True)(ub, use_pos, u_scale, fill, dtype) for ub in u_blocks]
+    S = [dask.delayed(_rows, pure=True)(ub, use_pos, u_scale, fill, dtype) for ub in U_blocks]
     return list(dask.persist(*S)), A.astype(dtype)
 
 

@@ -364,7 +364,7 @@ def open_corpus(path) -> Corpus:
     for name, length in (("feature_names", f), ("sample_ids", n), ("label_names", None)):
         v = _read_optional(root, name)
         if v is not None:
-            v = np.asarray(v).astype(str)
+            v = np.asarray(v.tolist(), dtype=str)
             if length is not None and v.shape != (length,):
                 raise StoreError(f"corpus {str(p)!r}: {name} has shape {v.shape}, expected ({length},)")
         setattr(out, name, v)

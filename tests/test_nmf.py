@@ -1,0 +1,218 @@
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.decomposition import NMF as SKNMF
+from sklearn.decomposition._nmf import _initialize_nmf
+
+import dnmf_dask as dd
+from dnmf_dask.errors import ConvergenceWarning, DNMFValueError
+
+from .reference import ssnmf_mu
+
+
+def _data(rng, n=120, f=30, sparse=False):
+    X = rng.random((n, f))
+    if sparse:
+        X[X < 0.5] = 0
+        return sp.csr_matrix(X)
+    return X
+
+
+def _rel(a, b):
+    return np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max()
+
+
+SCHEDULERS = ["threads", "cluster"]
+
+
+@pytest.fixture(params=SCHEDULERS)
+def scheduler(request):
+    if request.param == "cluster":
+        return request.getfixturevalue("local_cluster")
+    return request.param
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("chunk_rows", [1000, 17])
+def test_nmf_matches_numpy_reference(rng, sparse, chunk_rows, scheduler):
+    X = _data(rng, sparse=sparse)
+    k = 4
+    W0, H0 = rng.random((X.shape[0], k)), rng.random((k, X.shape[1]))
+    m = dd.NMF(k, init="custom", max_iter=50, tol=0, chunk_rows=chunk_rows, scheduler=scheduler)
+    S = m.fit_transform(X, W=W0, H=H0)
+    Xd = X.toarray() if sparse else X
+    A_ref, S_ref, _, objs = ssnmf_mu(Xd.T, H0.T, W0.T, n_iter=50)
+    assert _rel(m.A_[0], A_ref) < 1e-8
+    assert _rel(S, S_ref.T) < 1e-8
+    np.testing.assert_allclose(m.history_["objective"], objs, rtol=1e-8)
+    assert m.n_iter_ == 50 and m.stop_reason_ == "max_iter"
+    assert m.reconstruction_err_ == pytest.approx(np.sqrt(objs[-1]), rel=1e-8)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_nmf_matches_sklearn_mu(rng, sparse):
+    X = _data(rng, sparse=sparse)
+    k = 5
+    W0, H0 = rng.random((X.shape[0], k)), rng.random((k, X.shape[1]))
+    sk = SKNMF(k, init="custom", solver="mu", max_iter=50, tol=0)
+    W_sk = sk.fit_transform(X, W=W0.copy(), H=H0.copy())
+    m = dd.NMF(k, init="custom", max_iter=50, tol=0, chunk_rows=33, scheduler="threads")
+    S = m.fit_transform(X, W=W0, H=H0)
+    assert _rel(m.components_, sk.components_) < 1e-6
+    assert _rel(S, W_sk) < 1e-6
+    assert m.reconstruction_err_ == pytest.approx(sk.reconstruction_err_, rel=1e-6)
+
+
+@pytest.mark.parametrize("init", ["random", "nndsvda"])
+def test_same_result_across_chunkings_and_inputs(rng, tmp_path, init):
+    X = _data(rng, n=200, sparse=True)
+    kw = dict(init=init, max_iter=30, tol=0, random_state=3, scheduler="threads")
+    a = dd.NMF(4, chunk_rows=1000, **kw).fit(X)
+    b = dd.NMF(4, chunk_rows=13, **kw).fit(X)
+    corpus = dd.write_corpus(tmp_path / "c.zarr", X, chunk_rows=41)
+    c = dd.NMF(4, **kw).fit(corpus)
+    for other in (b, c):
+        assert _rel(other.A_[0], a.A_[0]) < 1e-8
+        np.testing.assert_allclose(other.history_["objective"], a.history_["objective"], rtol=1e-8)
+    S = dd.NMF(4, **kw).fit_transform(corpus)
+    assert isinstance(S, da.Array) and S.shape == (200, 4)
+
+
+def test_nndsvd_matches_sklearn_on_low_rank(rng):
+    k = 4
+    X = rng.random((150, k)) @ rng.random((k, 40))
+    for variant in ("nndsvd", "nndsvda"):
+        W_sk, H_sk = _initialize_nmf(X, k, init=variant)
+        m = dd.NMF(k, init=variant, max_iter=1, tol=0, random_state=0, scheduler="threads")
+        # one iteration from the same start: compare against the reference from sklearn's init
+        m.fit(X)
+        A_ref, _, _, _ = ssnmf_mu(X.T, H_sk.T, W_sk.T, n_iter=1)
+        assert _rel(m.A_[0], A_ref) < 1e-6
+
+
+def test_tol_stops_and_reports(rng):
+    X = _data(rng)
+    m = dd.NMF(3, max_iter=500, tol=1e-3, random_state=0, scheduler="threads").fit(X)
+    assert m.stop_reason_ == "tol" and m.n_iter_ < 500
+    h = m.history_["objective"]
+    assert len(h) == m.n_iter_
+    assert (h[-2] - h[-1]) <= 1e-3 * h[-2]
+    with pytest.warns(ConvergenceWarning, match="max_iter=5"):
+        dd.NMF(3, max_iter=5, tol=1e-9, random_state=0, scheduler="threads").fit(X)
+
+
+def test_transform_and_inverse(rng):
+    k = 3
+    X = rng.random((90, k)) @ rng.random((k, 25))
+    m = dd.NMF(k, max_iter=400, tol=1e-10, random_state=0, scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    S = m.transform(X)
+    assert S.shape == (90, k) and np.all(S >= 0)
+    assert np.linalg.norm(m.inverse_transform(S) - X) / np.linalg.norm(X) < 0.02
+    assert m.score(X) <= 0
+
+
+def _ssnmf_problem(rng, n=150, f=30, k=4, classes=3):
+    X = rng.random((n, f))
+    y = rng.integers(0, classes, n)
+    y_masked = y.copy()
+    y_masked[rng.random(n) < 0.6] = -1
+    W0, H0 = rng.random((n, k)), rng.random((k, f))
+    return X, y, y_masked, W0, H0
+
+
+@pytest.mark.parametrize("mask", ["none", "nan", "observed"])
+def test_ssnmf_matches_numpy_reference(rng, mask, scheduler):
+    X, _, y, W0, H0 = _ssnmf_problem(rng)
+    n, f = X.shape
+    obs = rng.random((n, f)) > 0.2
+    Xin, observed = X, None
+    if mask == "nan":
+        Xin = np.where(obs, X, np.nan)
+    elif mask == "observed":
+        observed = obs
+    m = dd.SSNMF(4, lam=0.7, init="custom", max_iter=50, tol=0, chunk_rows=29, random_state=5, scheduler=scheduler)
+    S = m.fit_transform(Xin, y, observed=observed, W=W0, H=H0)
+    B0 = m._init_B(3, 5, np.float64)  # the estimator's own B start, fed to the reference
+    L = np.zeros((3, n)); L[:, y >= 0] = 1
+    Y = np.zeros((3, n)); Y[y[y >= 0], np.flatnonzero(y >= 0)] = 1
+    Wm = np.ones((f, n)) if mask == "none" else obs.T
+    A_ref, S_ref, B_ref, objs = ssnmf_mu(X.T, H0.T, W0.T, B0, Y, L, Wm, lam=0.7, n_iter=50)
+    assert _rel(m.A_[0], A_ref) < 1e-8
+    assert _rel(m.B_, B_ref) < 1e-8
+    assert _rel(S, S_ref.T) < 1e-8
+    np.testing.assert_allclose(m.history_["objective"], objs, rtol=1e-8)
+
+
+def test_ssnmf_sparse_observed_pattern(rng):
+    X, _, y, W0, H0 = _ssnmf_problem(rng)
+    obs = rng.random(X.shape) > 0.3
+    Xs = sp.csr_matrix(np.where(rng.random(X.shape) > 0.5, X, 0))
+    m = dd.SSNMF(4, lam=0.5, init="custom", max_iter=20, tol=0, chunk_rows=40, random_state=1, scheduler="threads")
+    m.fit(Xs, y, observed=sp.csr_matrix(obs), W=W0, H=H0)
+    B0 = m._init_B(3, 1, np.float64)
+    L = np.zeros((3, len(y))); L[:, y >= 0] = 1
+    Y = np.zeros((3, len(y))); Y[y[y >= 0], np.flatnonzero(y >= 0)] = 1
+    A_ref, _, B_ref, objs = ssnmf_mu(Xs.toarray().T, H0.T, W0.T, B0, Y, L, obs.T, lam=0.5, n_iter=20)
+    assert _rel(m.A_[0], A_ref) < 1e-8 and _rel(m.B_, B_ref) < 1e-8
+    np.testing.assert_allclose(m.history_["objective"], objs, rtol=1e-8)
+
+
+def test_ssnmf_lambda_zero_equals_nmf(rng):
+    X, _, y, _, _ = _ssnmf_problem(rng)
+    kw = dict(max_iter=40, tol=0, random_state=2, scheduler="threads", init="random")
+    a = dd.SSNMF(4, lam=0.0, **kw).fit(X, y)
+    b = dd.NMF(4, **kw).fit(X)
+    np.testing.assert_array_equal(a.A_[0], b.A_[0])
+    np.testing.assert_array_equal(a.history_["loss_X"], b.history_["loss_X"])
+
+
+def test_ssnmf_objective_non_increasing_and_accuracy(rng):
+    # three well separated classes, 10% labels
+    n_per, f, classes = 100, 60, 3
+    centers = np.zeros((classes, f))
+    for c in range(classes):
+        centers[c, c * 20:(c + 1) * 20] = 1.0
+    y = np.repeat(np.arange(classes), n_per)
+    X = centers[y] * rng.uniform(0.5, 1.5, (len(y), 1)) + 0.1 * rng.random((len(y), f))
+    y_masked = y.copy()
+    hidden = np.ones(len(y), bool)
+    for c in range(classes):
+        idx = rng.choice(np.flatnonzero(y == c), 10, replace=False)
+        hidden[idx] = False
+    y_masked[hidden] = -1
+    m = dd.SSNMF(6, lam=1.0, max_iter=300, tol=1e-6, random_state=0, scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X, y_masked)
+    h = np.array(m.history_["objective"])
+    assert np.all(np.diff(h) <= 1e-9 * h[:-1])
+    acc = np.mean(m.predict(X)[hidden] == y[hidden])
+    assert acc >= 0.95, acc
+    assert m.score(X, y) >= 0.95
+
+
+def test_ssnmf_label_errors(rng):
+    X = rng.random((10, 4))
+    with pytest.raises(DNMFValueError, match="at least one labeled"):
+        dd.SSNMF(2, scheduler="threads").fit(X, -np.ones(10, int))
+    with pytest.raises(DNMFValueError, match="y: expected"):
+        dd.SSNMF(2, scheduler="threads").fit(X)
+    with pytest.raises(DNMFValueError, match="nonnegative"):
+        dd.NMF(2, scheduler="threads").fit(-X)
+    with pytest.raises(DNMFValueError, match="n_components"):
+        dd.NMF(0).fit(X)
+
+
+def test_local_cluster_started_on_request(rng, capsys):
+    X = _data(rng, n=60)
+    kw = dict(max_iter=10, tol=0, random_state=0, init="random")
+    a = dd.NMF(3, scheduler="local", **kw).fit(X)
+    b = dd.NMF(3, scheduler="threads", **kw).fit(X)
+    assert _rel(a.A_[0], b.A_[0]) < 1e-10
+    assert "dashboard" in capsys.readouterr().err
