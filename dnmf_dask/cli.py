@@ -1,0 +1,259 @@
+"""The ``dnmf`` command line: ingest, fit, predict, evaluate, demo.
+
+Bad input prints one line ``dnmf: error: ...`` on stderr and exits with code 2; nothing already
+written is damaged (stores are written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DNMFError
+
+EXIT_BAD_INPUT = 2
+
+
+def _scheduler_arg(p):
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="where to run: a scheduler address (tcp://host:8786), 'local' (start a LocalCluster), "
+        "'threads' or 'synchronous'. Default: $DASK_SCHEDULER_ADDRESS if set, else 'local'.",
+    )
+    p.add_argument("--workers", type=int, default=None, help="worker processes of a started LocalCluster (default: one per core)")
+
+
+def _resolve_scheduler(args):
+    return args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "local"
+
+
+# -- ingest ------------------------------------------------------------------------------
+def cmd_ingest(args):
+    from .ingest.labels import mask_labels
+    from .store import write_corpus
+
+    if args.source == "bbc":
+        from .ingest.bbc import bbc_news_corpus
+
+        tc = bbc_news_corpus()
+        X, y_true, groups = tc.X, tc.y, tc.groups
+        feature_names, label_names, sample_ids, prov = tc.feature_names, tc.label_names, tc.sample_ids, tc.params
+    else:
+        X, y_true, groups, feature_names, label_names, sample_ids, prov = _load_array_file(args.input)
+    y = y_true
+    if y_true is not None and args.label_fraction is not None:
+        y = mask_labels(y_true, args.label_fraction, args.seed, by_group=groups)
+    prov = {**(prov or {}), "label_fraction": args.label_fraction, "seed": args.seed, "source_kind": args.source}
+    c = write_corpus(
+        args.out, X, y=y, groups=groups, feature_names=feature_names, chunk_rows=args.chunk_rows,
+        label_names=label_names, sample_ids=sample_ids, y_true=y_true, attrs=prov, overwrite=args.overwrite,
+    )
+    print(f"wrote {c!r}")
+    return c
+
+
+def _load_array_file(path):
+    """npz (keys X or data/indices/indptr/shape, optional y, groups, feature_names) or npy."""
+    import scipy.sparse as sp
+
+    from .errors import DNMFValueError
+
+    p = Path(path)
+    if not p.exists():
+        raise DNMFValueError(f"input: expected an existing .npz or .npy file, found nothing at {str(p)!r}")
+    if p.suffix == ".npy":
+        return np.load(p, allow_pickle=False), None, None, None, None, None, {"file": str(p)}
+    if p.suffix != ".npz":
+        raise DNMFValueError(f"input: expected a .npz or .npy file, found {p.suffix!r}")
+    with np.load(p, allow_pickle=False) as z:
+        keys = set(z.files)
+        if {"data", "indices", "indptr", "shape"} <= keys:
+            X = sp.load_npz(p)
+        elif "X" in keys:
+            X = z["X"]
+        else:
+            raise DNMFValueError(f"input: expected arrays 'X' or a scipy.sparse save_npz file, found keys {sorted(keys)}")
+        get = lambda k: z[k] if k in keys else None  # noqa: E731
+        return X, get("y"), get("groups"), get("feature_names"), get("label_names"), get("sample_ids"), {"file": str(p)}
+
+
+# -- fit / predict --------------------------------------------------------------------------
+MODELS = ("nmf", "ssnmf")
+
+
+def _make_model(args):
+    from . import models
+
+    common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed, init=args.init)
+    if args.model == "nmf":
+        return models.NMF(args.rank, **common)
+    if args.model == "ssnmf":
+        return models.SSNMF(args.rank, lam=args.lam, **common)
+    raise AssertionError(args.model)
+
+
+def cmd_fit(args):
+    from .parallel.scheduler import scheduler_context
+    from .store import open_corpus
+    from .store.model import save_model
+
+    corpus = open_corpus(args.corpus)
+    model = _make_model(args)
+    t0 = time.time()
+    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+        model.fit(corpus)
+    dt = time.time() - t0
+    save_model(model, args.out, feature_names=corpus.feature_names, data={"corpus": str(corpus.path), "attrs": corpus.attrs.get("provenance", {})}, overwrite=args.overwrite)
+    print(f"fitted {type(model).__name__} in {dt:.1f}s: n_iter_={model.n_iter_} stop_reason_={model.stop_reason_} "
+          f"rel_error={model.history_['rel_error'][-1]:.4f}; wrote {args.out}")
+    return model
+
+
+def cmd_predict(args):
+    from .parallel.scheduler import scheduler_context
+    from .store import open_corpus
+    from .store.model import load_model
+
+    model = load_model(args.model)
+    corpus = open_corpus(args.corpus)
+    if not hasattr(model, "predict"):
+        from .errors import DNMFValueError
+
+        raise DNMFValueError(f"model: expected a classifier (SSNMF, DeepNMF, NeuralNMF), found {type(model).__name__}")
+    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+        pred = model.predict(corpus)
+    out = Path(args.out)
+    from .store.atomic import atomic_directory  # noqa: F401  (file write below is small and atomic via rename)
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    np.savetxt(tmp, np.asarray(pred), fmt="%d")
+    os.replace(tmp, out)
+    print(f"wrote {len(pred)} predictions to {out}")
+
+
+# -- demo (the README's main job) --------------------------------------------------------------
+def cmd_demo(args):
+    from .evaluate.metrics import accuracy_unlabeled, purity
+    from .evaluate.topics import top_words
+    from .ingest.bbc import bbc_news_corpus
+    from .ingest.labels import mask_labels
+    from .models import NMF, SSNMF
+    from .parallel.scheduler import scheduler_context
+    from .store import write_corpus
+    from .store.model import save_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print("dnmf demo: ingesting the BBC News corpus (paragraphs as samples, TF-IDF) ...")
+    tc = bbc_news_corpus()
+    y = mask_labels(tc.y, args.label_fraction, args.seed, by_group=tc.groups)
+    corpus = write_corpus(
+        out / "corpus.zarr", tc.X, y=y, groups=tc.groups, feature_names=tc.feature_names, chunk_rows=args.chunk_rows,
+        label_names=tc.label_names, sample_ids=tc.sample_ids, y_true=tc.y, attrs=tc.params, overwrite=True,
+    )
+    print(f"  {corpus!r}")
+    results = {"corpus": {"shape": list(corpus.shape), "nnz": corpus.attrs["nnz"], "labeled": int((y >= 0).sum())}}
+    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+        models = {
+            "SSNMF": SSNMF(args.rank, lam=args.lam, max_iter=args.max_iter, tol=args.tol, random_state=args.seed),
+        }
+        for name, m in models.items():
+            t = time.time()
+            m.fit(corpus)
+            pred = m.predict(corpus)
+            S = np.asarray(m.transform(corpus))
+            res = {
+                "fit_seconds": round(time.time() - t, 2),
+                "n_iter": m.n_iter_,
+                "stop_reason": m.stop_reason_,
+                "rel_error": m.history_["rel_error"][-1],
+                "accuracy_unlabeled": accuracy_unlabeled(corpus.y_true, pred, corpus.y),
+                "purity": purity(corpus.y_true, np.argmax(S, axis=1)),
+            }
+            results[name] = res
+            save_model(m, out / f"{name.lower()}.zarr", feature_names=corpus.feature_names, overwrite=True)
+            print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+    words = top_words(models["SSNMF"].A_[0], corpus.feature_names, n=8)
+    lines = [f"topic {j:2d}: " + " ".join(w) for j, w in enumerate(words)]
+    (out / "topics.txt").write_text("\n".join(lines) + "\n")
+    (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(lines))
+    print(f"dnmf demo: done in {time.time() - t0:.0f}s; results in {out}/ (metrics.json, topics.txt, *.zarr)")
+    _ = NMF
+    return results
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser():
+    p = argparse.ArgumentParser(prog="dnmf", description="Distributed hierarchical NMF topic models on dask.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pi = sub.add_parser("ingest", help="turn a data set into a corpus store (zarr)")
+    pi.add_argument("source", choices=("bbc", "npz", "npy"), help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file")
+    pi.add_argument("out", help="corpus store to write (a folder, e.g. bbc.zarr)")
+    pi.add_argument("--input", help="the .npz/.npy file (for npz/npy)")
+    pi.add_argument("--label-fraction", type=float, default=None, help="keep this stratified fraction of labels known (e.g. 0.01); the truth is kept as y_true")
+    pi.add_argument("--seed", type=int, default=0, help="seed of the label choice")
+    pi.add_argument("--chunk-rows", type=int, default=None, help="rows per block (default: from the data size)")
+    pi.add_argument("--overwrite", action="store_true", help="replace an existing store (atomically)")
+    pi.set_defaults(func=cmd_ingest)
+
+    pf = sub.add_parser("fit", help="fit a model on a corpus store and write the model store")
+    pf.add_argument("corpus", help="corpus store (from dnmf ingest)")
+    pf.add_argument("out", help="model store to write (a folder, e.g. model.zarr)")
+    pf.add_argument("--model", choices=MODELS, default="ssnmf")
+    pf.add_argument("--rank", "-k", type=int, default=20, help="number of topics k")
+    pf.add_argument("--lam", type=float, default=1.0, help="weight of the label term (SSNMF)")
+    pf.add_argument("--init", default="nndsvda", choices=("random", "nndsvd", "nndsvda"))
+    pf.add_argument("--max-iter", type=int, default=200)
+    pf.add_argument("--tol", type=float, default=1e-4)
+    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--overwrite", action="store_true")
+    _scheduler_arg(pf)
+    pf.set_defaults(func=cmd_fit)
+
+    pp = sub.add_parser("predict", help="predict classes of a corpus with a stored classifier")
+    pp.add_argument("model", help="model store")
+    pp.add_argument("corpus", help="corpus store")
+    pp.add_argument("out", help="text file of predicted labels, one per line")
+    _scheduler_arg(pp)
+    pp.set_defaults(func=cmd_predict)
+
+    pd = sub.add_parser("demo", help="the main job: BBC News -> corpus store -> model on a LocalCluster -> metrics and topics")
+    pd.add_argument("--out", default="runs/bbc-demo", help="run folder (default runs/bbc-demo)")
+    pd.add_argument("--rank", "-k", type=int, default=20)
+    pd.add_argument("--lam", type=float, default=1.0)
+    pd.add_argument("--label-fraction", type=float, default=0.01)
+    pd.add_argument("--max-iter", type=int, default=200)
+    pd.add_argument("--tol", type=float, default=1e-4)
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--chunk-rows", type=int, default=4000)
+    _scheduler_arg(pd)
+    pd.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except DNMFError as e:
+        print(f"dnmf: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("dnmf: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
