@@ -211,11 +211,16 @@ def reconstruction_energy(X, S, A, observed=None):
     n, d = X.shape
     S = _check_dense(S, "S", (n, None))
     A = _check_dense(A, "A", (d, S.shape[1]))
-    W = _check_observed(observed, X.shape)
+    return _recon_energy(X, S, A, _check_observed(observed, X.shape))
+
+
+def _recon_energy(X, S, A, W, XA=None):
+    """reconstruction_energy on checked inputs; ``XA`` = X @ A if already computed."""
     if W is None:
         if sp.issparse(X):
             x2 = float(np.sum(np.square(X.data, dtype=np.float64)))
-            cross = float(np.sum(_mm(X, A).astype(np.float64) * S))
+            XA = _mm(X, A) if XA is None else XA
+            cross = float(np.sum(XA.astype(np.float64) * S))
             quad = float(np.sum((A.T.astype(np.float64) @ A) * (S.T.astype(np.float64) @ S)))
             return 0.5 * max(x2 - 2.0 * cross + quad, 0.0)
         R = X - S @ A.T
@@ -329,6 +334,13 @@ def s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
 
     Returns the new S (n, k), same dtype as S, ``S ⊙ num / max(den, eps)``.
     """
+    return _s_update(X, S, A, observed=observed, pool_index=pool_index, S_up=S_up, A_up=A_up,
+                     B=B, y=y, lam=lam, eps=eps)[0]
+
+
+def _s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
+              B=None, y=None, lam=0.0, eps=DEFAULT_EPS):
+    """s_update, also returning ``X @ A`` (unmasked case, else None) for reuse in the energy."""
     X = _check_X(X)
     n, d = X.shape
     S = _check_dense(S, "S", (n, None))
@@ -337,8 +349,9 @@ def s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
     W = _check_observed(observed, X.shape)
     eps = _check_eps(eps)
     lam = _check_lam(lam)
+    XA = None
     if W is None:
-        num = _mm(X, A)
+        num = XA = _mm(X, A)
         den = S @ (A.T @ A)
     else:
         num = _mm(_masked_X(X, W), A)
@@ -357,16 +370,18 @@ def s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
             raise DNMFValueError(
                 f"pool_index: expected shape ({S_up.shape[0]}, {k}) (samples of the layer above, k), found {index.shape}"
             )
-        num = num + max_pool_backward(S_up @ A_up.T, index, n)
+        num = num + max_pool_backward(S_up @ A_up.T, index, n)  # new array: XA stays intact
         den = den + max_pool_backward(apply_pool_index(S, index), index, n)
     if B is not None and y is not None and lam > 0:
         B = _check_dense(B, "B", (None, k))
+        if num is XA:
+            num = num.copy()
         Y, labeled = one_hot(_check_labels(y, n, B.shape[0]), B.shape[0], dtype=S.dtype)
         lab = np.flatnonzero(labeled)
         if lab.size:
             num[lab] += lam * (Y[lab] @ B)
             den[lab] += lam * ((S[lab] @ B.T) @ B)
-    return (S * _div(num, den, eps)).astype(S.dtype, copy=False)
+    return (S * _div(num, den, eps)).astype(S.dtype, copy=False), XA
 
 
 # --------------------------------------------------------------------------- (b) statistics
@@ -461,12 +476,14 @@ def layer_chunk_step(X, S, A, *, observed=None, B=None, y=None, lam=0.0, eps=DEF
     (energy at the new S and the current A, B; zeros if ``compute_energy`` is False).
     The driver then applies :func:`apply_a_update` / :func:`apply_b_update` to the summed stats.
     """
-    S_new = s_update(X, S, A, observed=observed, B=B, y=y, lam=lam, eps=eps)
-    stats = {"A": a_stats(X, S_new, A, observed=observed), "B": None, "energy": np.zeros(2)}
+    X = _check_X(X)
+    W = _check_observed(observed, X.shape)
+    S_new, XA = _s_update(X, S, A, observed=W, B=B, y=y, lam=lam, eps=eps)
+    stats = {"A": a_stats(X, S_new, A, observed=W), "B": None, "energy": np.zeros(2)}
     if B is not None and y is not None:
         stats["B"] = b_stats(S_new, y, B.shape[0])
     if compute_energy:
-        stats["energy"][0] = reconstruction_energy(X, S_new, A, observed)
+        stats["energy"][0] = _recon_energy(X, S_new, A, W, XA)
         if B is not None and y is not None:
             stats["energy"][1] = label_energy(S_new, B, y, lam)
     return S_new, stats
@@ -499,25 +516,27 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
                 "(pass np.zeros(n, int) to pool the whole block as one group)"
             )
         groups = np.zeros(n, dtype=np.int64)
+    W0 = _check_observed(observed, X.shape)
     S_new = list(S_list)
     Xl, gl, yl = X, np.asarray(groups), (None if y is None else np.asarray(y))
-    inputs = []
+    inputs, XAs = [], []
     for l in range(L + 1):
-        W = observed if l == 0 else None
+        W = W0 if l == 0 else None
         S = _check_dense(S_list[l], f"S[{l}]", (Xl.shape[0], A_list[l].shape[1]))
         inputs.append((Xl, yl))
         if l < L:
             _, index, _ = max_pool(S, gl, pool_size, stride, keep_size)
-            S_new[l] = s_update(Xl, S, A_list[l], observed=W, pool_index=index,
-                                S_up=S_list[l + 1], A_up=A_list[l + 1], eps=eps)
+            S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, pool_index=index,
+                                     S_up=S_list[l + 1], A_up=A_list[l + 1], eps=eps)
             P, _, g_next = max_pool(S_new[l], gl, pool_size, stride, keep_size)
             if yl is not None:
                 yl = pool_labels(yl, gl, pool_size, stride, keep_size)
             Xl, gl = P, g_next
         else:
-            S_new[l] = s_update(Xl, S, A_list[l], observed=W, B=B, y=yl, lam=lam, eps=eps)
+            S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, B=B, y=yl, lam=lam, eps=eps)
+        XAs.append(XA)
     stats = {
-        "A": [a_stats(inputs[l][0], S_new[l], A_list[l], observed=observed if l == 0 else None)
+        "A": [a_stats(inputs[l][0], S_new[l], A_list[l], observed=W0 if l == 0 else None)
               for l in range(L + 1)],
         "B": None,
         "energy": np.zeros(L + 2, dtype=np.float64),
@@ -526,8 +545,8 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
         stats["B"] = b_stats(S_new[L], yl, B.shape[0])
     if compute_energy:
         for l in range(L + 1):
-            stats["energy"][l] = reconstruction_energy(inputs[l][0], S_new[l], A_list[l],
-                                                       observed if l == 0 else None)
+            stats["energy"][l] = _recon_energy(inputs[l][0], S_new[l], A_list[l],
+                                               W0 if l == 0 else None, XAs[l])
         if B is not None and yl is not None:
             stats["energy"][L + 1] = label_energy(S_new[L], B, yl, lam)
     return S_new, stats

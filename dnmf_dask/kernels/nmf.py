@@ -202,3 +202,43 @@ def transform_block(X, A, S, *, max_iter=200, tol=1e-4, W=None):
                 break
             prev = obj
     return S, it
+
+
+def semi_block_step(X, S, A, *, AtA=None, update_S=True):
+    """Semi-NMF (Ding, Li & Jordan 2010) on a block: A free in sign, S ≥ 0, X of any sign.
+
+    In our orientation X ≈ S Aᵀ; the S update is
+    ``S ← S ⊙ sqrt( ((X A)⁺ + S (AᵀA)⁻) / ((X A)⁻ + S (AᵀA)⁺) )`` with F⁺ = (|F|+F)/2,
+    F⁻ = (|F|−F)/2; the A update on the driver is the least-squares ``A = XᵀS (SᵀS)⁻¹``
+    (:func:`semi_update_A`). Returns (S_new, stats) with ``XtS``, ``StS`` and the incoming
+    ``loss_X``, ``norm_X`` like :func:`block_step`.
+    """
+    X, _ = split_missing(X, None)
+    dt = S.dtype
+    A = A.astype(dt, copy=False)
+    if AtA is None:
+        AtA = A.T @ A
+    AtA = AtA.astype(dt, copy=False)
+    XA = np.asarray(X @ A)
+    norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.einsum("ij,ij->", X, X, dtype=np.float64))
+    loss = norm_X - 2.0 * float(np.einsum("ij,ij->", S, XA, dtype=np.float64)) + float(
+        np.einsum("ij,ij->", S, S @ AtA, dtype=np.float64)
+    )
+    if update_S:
+        pos = lambda F: (np.abs(F) + F) / 2  # noqa: E731
+        neg = lambda F: (np.abs(F) - F) / 2  # noqa: E731
+        num = pos(XA) + S @ neg(AtA)
+        den = neg(XA) + S @ pos(AtA)
+        S = (S * np.sqrt(_safe_ratio(num, den))).astype(dt, copy=False)
+    stats = {"loss_X": max(loss, 0.0), "norm_X": norm_X, "XtS": np.asarray(X.T @ S, dtype=np.float64),
+             "StS": (S.T @ S).astype(np.float64)}
+    return S, stats
+
+
+def semi_update_A(XtS, StS, dtype):
+    """Least-squares A = XᵀS (SᵀS)⁻¹ (pseudo-inverse when SᵀS is singular)."""
+    try:
+        A = np.linalg.solve(StS, XtS.T).T
+    except np.linalg.LinAlgError:
+        A = XtS @ np.linalg.pinv(StS)
+    return A.astype(dtype)

@@ -161,12 +161,14 @@ def _windows(starts, stops, ids, n, pool_size, stride, keep_size):
 
 # --------------------------------------------------------------------------- forward / backward
 
-def _range_max(S, ge, lo, hi):
-    """Per column max and first argmax of S over rows lo[j]..hi[j] (each inside one group).
+def _range_max(S, lo, hi):
+    """Per column max and first argmax of S over rows lo[j]..hi[j] (inclusive).
 
-    Sparse-table (doubling) algorithm: level t holds, for every row r, the max over
-    rows r .. min(r + 2**t - 1, ge[r]); a window of length len is covered by two blocks of
-    level floor(log2(len)). Only two levels are kept in memory. Ties go to the lower row.
+    Sparse-table (doubling) algorithm: level t holds, for every row r, the max over rows
+    r .. r + 2**t - 1 (truncated at the last row); a window of length len is covered by the two
+    level-floor(log2(len)) blocks starting at lo and ending at hi, both inside the window — so
+    groups are respected as long as the windows are. Only two levels are kept in memory.
+    Ties go to the lower row.
     """
     n, k = S.shape
     n_out = lo.shape[0]
@@ -182,7 +184,6 @@ def _range_max(S, ge, lo, hi):
     top = int(level.max())
     val = S
     arg = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, k))
-    rows = np.arange(n, dtype=np.int64)
     for t in range(top + 1):
         q = np.flatnonzero(level == t)
         if q.size:
@@ -195,13 +196,12 @@ def _range_max(S, ge, lo, hi):
         if t == top:
             break
         h = 1 << t
-        r = rows[rows + h <= ge]  # rows whose block can double inside their group
+        m = max(n - h, 0)  # rows whose block can double
         new_val = val.copy()
         new_arg = np.array(arg, copy=True)
-        vl, vr = val[r], val[r + h]
-        right = vr > vl
-        new_val[r] = np.where(right, vr, vl)
-        new_arg[r] = np.where(right, arg[r + h], arg[r])
+        right = val[h:] > val[:m]
+        new_val[:m] = np.where(right, val[h:], val[:m])
+        new_arg[:m] = np.where(right, arg[h:], arg[:m])
         val, arg = new_val, new_arg
     return P, index
 
@@ -232,8 +232,7 @@ def max_pool(S, groups, pool_size, stride=1, keep_size=False):
         index = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, k))
         return S, index, np.asarray(groups).copy()
     lo, hi, out_groups = _windows(starts, stops, ids, n, pool_size, stride, keep_size)
-    ge = np.repeat(stops, stops - starts) - 1
-    P, index = _range_max(S, ge, lo, hi)
+    P, index = _range_max(S, lo, hi)
     return P, index, out_groups
 
 
@@ -303,11 +302,10 @@ def pool_labels(y, groups, pool_size, stride=1, keep_size=False):
     if pool_size <= 1 or stride == 1:
         return y.copy()
     lo, hi, _ = _windows(starts, stops, ids, n, pool_size, stride, keep_size)
-    ge = np.repeat(stops, stops - starts) - 1
     lab = y >= 0
     yf = y.astype(np.float64)
-    mx, _ = _range_max(np.where(lab, yf, -1.0)[:, None], ge, lo, hi)
-    neg_mn, _ = _range_max(np.where(lab, -yf, -np.inf)[:, None], ge, lo, hi)
+    mx, _ = _range_max(np.where(lab, yf, -1.0)[:, None], lo, hi)
+    neg_mn, _ = _range_max(np.where(lab, -yf, -np.inf)[:, None], lo, hi)
     mx, mn = mx[:, 0], -neg_mn[:, 0]
     out = np.full(lo.shape[0], -1, dtype=np.int64)
     ok = (mx >= 0) & (mx == mn)

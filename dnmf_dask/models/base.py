@@ -127,7 +127,3 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
     @property
     def n_components_(self):
         return self.A_[-1].shape[1]
-
-
-def new_history(*keys):
-    return {k: [] for k in keys}

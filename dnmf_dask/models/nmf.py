@@ -9,17 +9,14 @@ from sklearn.base import ClassifierMixin
 from .._validation import check_choice, check_matrix, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.nmf import block_step, transform_block, update_factor
+from ..kernels.nmf import transform_block
 from ..parallel.init import nndsvd_init, random_init
-from ..parallel.mapreduce import map_reduce, shared
+from ..parallel.mapreduce import map_reduce
+from ..parallel.mu import fit_mu
 from ..parallel.scheduler import scheduler_context
-from .base import BaseFactorization, data_summary, new_history, seed_from
+from .base import BaseFactorization, data_summary, seed_from
 
 import dask
-
-
-def _nmf_task(X, S, y, W, *, A, AtA, B, lam, update_S):
-    return block_step(X, S, A, B=B, y=y, lam=lam, W=W, update_S=update_S, AtA=AtA)
 
 
 def _transform_task(X, W, *, A, scale, max_iter, tol, dtype):
@@ -164,52 +161,11 @@ class NMF(BaseFactorization):
             y_codes, n_classes = self._labels(y)
             lam = float(getattr(self, "lam", 0.0))
             B = self._init_B(n_classes, seed, blocks.dtype) if n_classes else None
-            y_parts = blocks.split(y_codes)
-            W_parts = blocks.W or [None] * blocks.n_blocks
-            hist = new_history("objective", "loss_X", "loss_Y", "rel_error", "accuracy_labeled")
-
-            def record(st):
-                lossY = st.get("loss_Y", 0.0)
-                hist["loss_X"].append(st["loss_X"])
-                hist["loss_Y"].append(lossY)
-                hist["objective"].append(st["loss_X"] + lam * lossY)
-                hist["rel_error"].append(float(np.sqrt(st["loss_X"] / st["norm_X"])) if st["norm_X"] > 0 else 0.0)
-                nl = st.get("n_labeled", 0)
-                hist["accuracy_labeled"].append(st["n_correct"] / nl if nl else float("nan"))
-
-            stop_reason = "max_iter"
-            n_iter = 0
-            for it in range(1, self.max_iter + 1):
-                AtA = A.T @ A
-                S_blocks, st = map_reduce(
-                    _nmf_task,
-                    list(zip(blocks.X, S_blocks, y_parts, W_parts)),
-                    A=A, AtA=AtA, B=B, lam=lam, update_S=True,
-                )
-                if it > 1:
-                    record(st)  # objective after iteration it-1
-                # driver-side updates of A (and B) from the summed block statistics
-                if "WSAtS" in st:
-                    A = update_factor(A, st["XtS"], den_full=st["WSAtS"])
-                else:
-                    A = update_factor(A, st["XtS"], den_gram=st["StS"])
-                if B is not None and "YtS" in st:
-                    B = update_factor(B, st["YtS"], den_gram=st["StS_L"])
-                n_iter = it
-                if self.verbose:
-                    print(f"{type(self).__name__}: iteration {it}" + (f" objective {hist['objective'][-1]:.6g}" if hist["objective"] else ""))
-                h = hist["objective"]
-                if self.tol > 0 and len(h) >= 2 and (h[-2] - h[-1]) <= self.tol * abs(h[-2]):
-                    stop_reason = "tol"
-                    break
-            # one more pass evaluates the final state (and returns S unchanged)
-            S_out, st = map_reduce(
-                _nmf_task,
-                list(zip(blocks.X, S_blocks, y_parts, W_parts)),
-                keep_outputs=return_S,
-                A=A, AtA=A.T @ A, B=B, lam=lam, update_S=False,
-            )
-            record(st)
+            log = (lambda msg: print(f"{type(self).__name__}: {msg}")) if self.verbose else None
+            res = fit_mu(blocks, S_blocks, A, B=B, y=y_codes, lam=lam, max_iter=self.max_iter, tol=self.tol,
+                         keep_S=return_S, log=log)
+            A, B, hist, st, S_out = res.A, res.B, res.history, res.final, res.S_blocks
+            n_iter, stop_reason = res.n_iter, res.stop_reason
             self.A_ = [A]
             if B is not None:
                 self.B_ = B

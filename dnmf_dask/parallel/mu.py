@@ -1,0 +1,90 @@
+"""The distributed multiplicative-update solver shared by NMF, SSNMF and every layer of the
+hierarchical and deep models: one pass over the row blocks per iteration, driver-side A/B updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels.nmf import block_step, semi_block_step, semi_update_A, update_factor
+from .blocks import Blocks
+from .mapreduce import map_reduce
+
+
+def _mu_task(X, S, y, W, *, A, AtA, B, lam, update_S, semi):
+    if semi:
+        return semi_block_step(X, S, A, AtA=AtA, update_S=update_S)
+    return block_step(X, S, A, B=B, y=y, lam=lam, W=W, update_S=update_S, AtA=AtA)
+
+
+@dataclass
+class MUResult:
+    S_blocks: list
+    A: np.ndarray
+    B: np.ndarray | None
+    history: dict
+    n_iter: int
+    stop_reason: str
+    final: dict
+
+
+def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200, tol=1e-4, semi=False,
+           keep_S=True, log=None) -> MUResult:
+    """Run multiplicative updates until ``tol`` or ``max_iter``.
+
+    Parameters
+    ----------
+    blocks : row blocks of the data; S_blocks : per-block initial S (Delayed); A : (n_features, k)
+    B, y, lam : classifier start, label codes (-1 = unlabeled) and weight (SSNMF); None = NMF.
+    semi : Semi-NMF (A free in sign) instead of NMF.
+    keep_S : keep the final S blocks (persisted) in the result.
+    log : callable(str) for progress lines, or None.
+
+    The objective of iteration t is computed by the pass of iteration t+1 (at no cost); one last
+    pass evaluates the final state. ``history`` lists, per iteration, ``objective``, ``loss_X``,
+    ``loss_Y``, ``rel_error`` and ``accuracy_labeled``.
+    """
+    y_parts = blocks.split(y)
+    W_parts = blocks.W or [None] * blocks.n_blocks
+    hist = {k: [] for k in ("objective", "loss_X", "loss_Y", "rel_error", "accuracy_labeled")}
+
+    def record(st):
+        lossY = st.get("loss_Y", 0.0)
+        hist["loss_X"].append(st["loss_X"])
+        hist["loss_Y"].append(lossY)
+        hist["objective"].append(st["loss_X"] + lam * lossY)
+        hist["rel_error"].append(float(np.sqrt(st["loss_X"] / st["norm_X"])) if st["norm_X"] > 0 else 0.0)
+        nl = st.get("n_labeled", 0)
+        hist["accuracy_labeled"].append(st["n_correct"] / nl if nl else float("nan"))
+
+    def run(update_S, keep):
+        return map_reduce(
+            _mu_task, list(zip(blocks.X, S_blocks, y_parts, W_parts)), keep_outputs=keep,
+            A=A, AtA=A.T @ A, B=B, lam=lam, update_S=update_S, semi=semi,
+        )
+
+    stop_reason, n_iter = "max_iter", 0
+    for it in range(1, max_iter + 1):
+        S_blocks, st = run(True, True)
+        if it > 1:
+            record(st)  # objective after iteration it-1
+        if semi:
+            A = semi_update_A(st["XtS"], st["StS"], A.dtype)
+        elif "WSAtS" in st:
+            A = update_factor(A, st["XtS"], den_full=st["WSAtS"])
+        else:
+            A = update_factor(A, st["XtS"], den_gram=st["StS"])
+        if B is not None and "YtS" in st:
+            B = update_factor(B, st["YtS"], den_gram=st["StS_L"])
+        n_iter = it
+        if log is not None and hist["objective"]:
+            log(f"iteration {it}: objective {hist['objective'][-1]:.6g}, rel_error {hist['rel_error'][-1]:.4f}")
+        h = hist["objective"]
+        if tol > 0 and len(h) >= 2 and (h[-2] - h[-1]) <= tol * abs(h[-2]):
+            stop_reason = "tol"
+            break
+    S_out, st = run(False, keep_S)
+    record(st)
+    return MUResult(S_out if keep_S else None, A, B, hist, n_iter, stop_reason, st)
