@@ -1,5 +1,6 @@
 """Estimators (scikit-learn API on dask)."""
 
+from .hierarchical import HierarchicalNMF
 from .nmf import NMF, SSNMF
 
-__all__ = ["NMF", "SSNMF"]
+__all__ = ["NMF", "SSNMF", "HierarchicalNMF"]

@@ -40,6 +40,7 @@ def _summary_block(X, W):
         finite = bool(np.isfinite(d).all())
         return None, {
             "sum": float(d.sum(dtype=np.float64)) if finite else 0.0,
+            "abs_sum": float(np.abs(d).sum(dtype=np.float64)) if finite else 0.0,
             "count": count,
             "min": [float(d.min()) if d.size and finite else 0.0],
             "nonfinite": int(0 if finite else (~np.isfinite(d)).sum()),
@@ -52,6 +53,7 @@ def _summary_block(X, W):
     vals = X[obs]
     return None, {
         "sum": float(vals.sum(dtype=np.float64)),
+        "abs_sum": float(np.abs(vals).sum(dtype=np.float64)),
         "count": int(obs.sum()),
         "min": [float(vals.min()) if vals.size else 0.0],
         "nonfinite": int(np.isinf(X).sum()),
@@ -66,6 +68,7 @@ def data_summary(blocks: Blocks) -> dict:
     _, st = map_reduce(_summary_block, list(zip(blocks.X, Ws)), keep_outputs=False)
     st["min"] = min(st["min"]) if st["min"] else 0.0
     st["mean"] = st["sum"] / max(st["count"], 1)
+    st["mean_abs"] = st["abs_sum"] / max(st["count"], 1)
     return st
 
 

@@ -1,0 +1,246 @@
+"""Hierarchical (multilayer) NMF: factor S again and again, X ≈ S_L (A0 A1 … AL)ᵀ.
+
+Layer 0 factors X ≈ S0 A0ᵀ, layer l factors S(l−1) ≈ S(l) A(l)ᵀ (the papers' X ≈ A0 A1 … AL SL).
+Each layer is a distributed multiplicative-update fit (:func:`~dnmf_dask.parallel.mu.fit_mu`)
+whose data are the previous layer's S blocks, which never leave the workers. With labels the
+last layer is semi-supervised (SSNMF with λ). ``semi=True`` gives Wang's multilayer Semi-NMF:
+the first factor A0 is free in sign, so X may have negative entries.
+"""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+from sklearn.base import ClassifierMixin
+
+from .._validation import check_choice, check_nonneg_float, check_positive_int
+from ..errors import DNMFValueError
+from ..kernels.init import random_matrix
+from ..kernels.nmf import semi_block_step, semi_update_A
+from ..kernels.nnls import nnls_gram
+from ..parallel.blocks import Blocks
+from ..parallel.init import nndsvd_init, random_init
+from ..parallel.mapreduce import map_reduce
+from ..parallel.mu import fit_mu
+from ..parallel.scheduler import scheduler_context
+from .base import BaseFactorization, data_summary, seed_from
+
+
+def check_ranks(ranks, name="ranks"):
+    if isinstance(ranks, (int, np.integer)):
+        ranks = (int(ranks),)
+    try:
+        ranks = tuple(ranks)
+    except TypeError:
+        raise DNMFValueError(f"{name}: expected a sequence of positive integers (k0, k1, ...), found {ranks!r}") from None
+    if not ranks:
+        raise DNMFValueError(f"{name}: expected at least one rank, found an empty sequence")
+    for r in ranks:
+        check_positive_int(r, name)
+    return tuple(int(r) for r in ranks)
+
+
+def _forward_task(X, *, As, layer):
+    """Exact forward pass S(l) = q(A(l), S(l−1)) (NNLS) of a block, up to ``layer``."""
+    S = X
+    for A in As[: layer + 1]:
+        A = A.astype(np.float64)
+        C = np.asarray(S @ A)
+        S = nnls_gram(A.T @ A, C)
+    return S, {}
+
+
+def _semi_stats_task(X, S):
+    _, st = semi_block_step(X, S, np.zeros((X.shape[1], S.shape[1]), S.dtype), update_S=False)
+    return None, st
+
+
+def _recon_task(X, S, *, P):
+    """||X − S Pᵀ||² and ||X||² of a block (P = A0 … Al)."""
+    from ..kernels.nmf import block_step
+
+    _, st = block_step(X, S, P, update_S=False)
+    return None, {"loss_X": st["loss_X"], "norm_X": st["norm_X"]}
+
+
+class HierarchicalNMF(ClassifierMixin, BaseFactorization):
+    """Hierarchical / multilayer NMF (and Wang's multilayer Semi-NMF), distributed.
+
+    Parameters
+    ----------
+    ranks : sequence of int (k0, k1, …, kL)
+        Topics per layer; layer l groups the k_{l−1} topics into k_l supertopics.
+    lam : float, default 1.0
+        Weight of the label term on the last layer when ``fit`` gets labels (SSNMF).
+    semi : bool, default False
+        Semi-NMF on layer 0 (A0 free in sign; X may be negative). Deeper layers are NMF.
+    init, max_iter, tol, random_state, chunk_rows, scheduler, persist, verbose
+        As for :class:`~dnmf_dask.NMF`, applied to every layer (``max_iter`` per layer).
+
+    Attributes
+    ----------
+    A_ : list of ndarrays, ``A_[0]`` (n_features, k0), ``A_[l]`` (k_{l−1}, k_l)
+    B_, classes_ : classifier of the last layer (when fitted with labels)
+    layer_history_ : list of per-layer histories (see ``NMF.history_``)
+    history_ : the last layer's history
+    layer_n_iter_, layer_stop_reason_ : per layer; ``n_iter_`` is their sum
+    layer_rel_error_ : ||X − S_l (A0…Al)ᵀ|| / ||X|| for every layer l, after the fit
+    """
+
+    def __init__(self, ranks=(10, 5), *, lam=1.0, semi=False, init="nndsvda", max_iter=200, tol=1e-4,
+                 random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
+        self.ranks = ranks
+        self.lam = lam
+        self.semi = semi
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.chunk_rows = chunk_rows
+        self.scheduler = scheduler
+        self.persist = persist
+        self.verbose = verbose
+
+    @property
+    def _allow_negative(self):
+        return bool(self.semi)
+
+    def _validate_params(self):
+        ranks = check_ranks(self.ranks)
+        check_nonneg_float(self.lam, "lam")
+        check_choice(self.init, "init", ("random", "nndsvd", "nndsvda"))
+        check_positive_int(self.max_iter, "max_iter")
+        check_nonneg_float(self.tol, "tol")
+        check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
+        return ranks
+
+    def _encode_labels(self, y):
+        if y is None or not (y >= 0).any():
+            return None, 0
+        labeled = y >= 0
+        self.classes_ = np.unique(y[labeled])
+        codes = np.full_like(y, -1)
+        codes[labeled] = np.searchsorted(self.classes_, y[labeled])
+        return codes, len(self.classes_)
+
+    def fit(self, X, y=None, *, groups=None, observed=None):
+        """Fit layer by layer. ``y`` (-1 = unlabeled) makes the last layer semi-supervised."""
+        self._fit_layers(X, y, groups=groups, observed=observed)
+        return self
+
+    def _fit_layers(self, X, y, *, groups, observed, keep_S=False):
+        ranks = self._validate_params()
+        with scheduler_context(self.scheduler):
+            blocks, y, info = self._prepare(X, y, groups, observed)
+            summary = data_summary(blocks)
+            self._check_summary(summary)
+            if ranks[0] > min(blocks.n_samples, blocks.n_features):
+                raise DNMFValueError(
+                    f"ranks: expected k0 <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)}, found {ranks[0]}"
+                )
+            seed = seed_from(self.random_state)
+            codes, n_classes = self._encode_labels(y)
+            data = blocks
+            As, S_layers, hists, n_iters, reasons = [], [], [], [], []
+            B = None
+            for l, k in enumerate(ranks):
+                last = l == len(ranks) - 1
+                if l > 0:
+                    summ = data_summary(data)
+                else:
+                    summ = summary
+                semi = self.semi and l == 0
+                if semi:
+                    # Semi-NMF: strictly positive random S (zeros would stay zero under the
+                    # multiplicative S update) and the least-squares A for it
+                    S_blocks, _ = random_init(data, k, seed + l, summ["mean_abs"], data.dtype)
+                    _, st0 = map_reduce(_semi_stats_task, list(zip(data.X, S_blocks)), keep_outputs=False)
+                    A = semi_update_A(st0["XtS"], st0["StS"], data.dtype)
+                elif self.init == "random":
+                    S_blocks, A = random_init(data, k, seed + l, summ["mean"], data.dtype)
+                else:
+                    S_blocks, A = nndsvd_init(data, k, seed + l, summ["mean"], data.dtype, variant=self.init)
+                B0 = None
+                if last and n_classes:
+                    B0 = random_matrix(seed, (n_classes, k), 1.0 / np.sqrt(k), data.dtype, stream=3)
+                log = (lambda msg, l=l: print(f"{type(self).__name__} layer {l}: {msg}")) if self.verbose else None
+                res = fit_mu(data, S_blocks, A, B=B0, y=codes if B0 is not None else None, lam=self.lam if B0 is not None else 0.0,
+                             max_iter=self.max_iter, tol=self.tol, semi=semi, keep_S=True, log=log)
+                As.append(res.A)
+                S_layers.append(res.S_blocks)
+                hists.append(res.history)
+                n_iters.append(res.n_iter)
+                reasons.append(res.stop_reason)
+                B = res.B if B0 is not None else None
+                data = Blocks(res.S_blocks, blocks.offsets, k, data.dtype, False, None, persisted=True)
+            # reconstruction error of every layer, one pass each over X
+            rel = []
+            P = None
+            for l in range(len(ranks)):
+                P = As[0] if l == 0 else P @ As[l]
+                _, st = map_reduce(_recon_task, list(zip(blocks.X, S_layers[l])), keep_outputs=False, P=P)
+                rel.append(float(np.sqrt(st["loss_X"] / st["norm_X"])) if st["norm_X"] > 0 else 0.0)
+            self.A_ = As
+            if B is not None:
+                self.B_ = B
+            self.ranks_ = list(ranks)
+            self.layer_history_ = hists
+            self.history_ = hists[-1]
+            self.layer_n_iter_ = n_iters
+            self.layer_stop_reason_ = reasons
+            self.layer_rel_error_ = rel
+            self.n_iter_ = int(sum(n_iters))
+            self.stop_reason_ = reasons[-1]
+            self.reconstruction_err_ = rel[-1] * float(np.sqrt(st["norm_X"]))  # ||X − S_L (A0…AL)ᵀ||
+            self.n_features_in_ = blocks.n_features
+            if keep_S:
+                return blocks, info, S_layers
+        return None
+
+    # -- using a fitted model --------------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "A_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet; call fit first.")
+
+    def transform(self, X, *, layer=-1, groups=None):
+        """S(layer) (n_samples, k_layer) by the exact forward pass S(l) = q(A(l), S(l−1)) (NNLS)."""
+        self._check_fitted()
+        L = len(self.A_)
+        if not -L <= layer < L:
+            raise DNMFValueError(f"layer: expected an integer in [-{L}, {L - 1}], found {layer}")
+        layer = layer % L
+        with scheduler_context(self.scheduler):
+            blocks, _, info = self._prepare(X, None, groups, None)
+            if blocks.n_features != self.n_features_in_:
+                raise DNMFValueError(f"X: expected {self.n_features_in_} features (as in fit), found {blocks.n_features}")
+            As = dask.delayed(list(self.A_))  # one graph key for all blocks
+            parts, _ = map_reduce(_forward_task, [(b,) for b in blocks.X], As=As, layer=layer)
+            k = self.A_[layer].shape[1]
+            return self._gather(blocks, parts, k, np.float64, info["kind"])
+
+    def decision_function(self, X, **kw):
+        if getattr(self, "B_", None) is None:
+            raise DNMFValueError("model: expected a model fitted with labels (it has no classifier B_), found none")
+        return self.transform(X, **kw) @ self.B_.T
+
+    def predict(self, X, **kw):
+        D = np.asarray(self.decision_function(X, **kw))
+        return self.classes_[np.argmax(D, axis=1)]
+
+    def inverse_transform(self, S, layer=-1):
+        """S(layer) (A0 … A_layer)ᵀ."""
+        P = self.A_[0]
+        for A in self.A_[1: (layer % len(self.A_)) + 1]:
+            P = P @ A
+        return S @ P.T
+
+    def score(self, X, y=None):
+        if y is None:
+            S = np.asarray(self.transform(X))
+            Xd = np.asarray(X.toarray() if hasattr(X, "toarray") else X)
+            return -float(np.sum((Xd - self.inverse_transform(S)) ** 2))
+        y = np.asarray(y)
+        m = y >= 0
+        return float(np.mean(self.predict(X)[m] == y[m]))
