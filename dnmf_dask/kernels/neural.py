@@ -1,0 +1,427 @@
+"""Neural NMF (Gao, Haddock, Molitor, Needell, Sadovnik, Will, Zhang): forward pass and exact
+gradients for one in-memory block of rows.
+
+Orientation (DESIGN.md §1): rows are samples.  ``X`` is ``(n, n_features)`` (dense or
+scipy.sparse CSR, never densified), ``A[0]`` is ``(n_features, k0)``, ``A[l]`` is
+``(k_{l-1}, k_l)``, ``S[l]`` is ``(n, k_l)``, ``B`` is ``(n_classes, k_L)``.
+
+Forward propagation (the paper's eq. 6, transposed)::
+
+    S[-1] = X,   S[l] = q(A[l], S[l-1]) = argmin_{S >= 0} ||S[l-1] - S A[l]^T||_F^2 (row-wise)
+
+solved exactly by :mod:`dnmf_dask.kernels.nnls`.
+
+Costs (sums over the block's rows, so chunk results add up to the full-batch value):
+
+* ``cost="reconstruction"`` (paper eq. 7)::
+
+      C = ||X - S[L] (A[0] A[1] ... A[L])^T||^2 + lam ||Lmask * (Y - S[L] B^T)||^2
+
+* ``cost="layerwise"`` (the hierarchical-NMF energy)::
+
+      C = sum_l ||S[l-1] - S[l] A[l]^T||^2 + lam ||Lmask * (Y - S[L] B^T)||^2
+
+``Y`` is the one-hot matrix of ``y`` and ``Lmask`` selects the labeled rows (``y >= 0``); with
+``y`` None or all ``-1`` the cost is unsupervised.
+
+Gradient (exact, through every ``q``).  For one sample with ``s = q(A, x)`` and support
+``T = {j : s_j > 0}``, ``s_T = (A_T^T A_T)^{-1} A_T^T x`` is a smooth function of ``(A, x)``
+as long as the support does not change.  For an upstream gradient ``g = dC/ds`` put
+``d_T = (A_T^T A_T)^{-1} g_T`` (``d = 0`` off ``T``) and ``r = x - A s``; then::
+
+    dC/dA += r d^T - A d s^T        dC/dx = A d
+
+This is the paper's ``Phi``/``U`` chain rule in implicit-differentiation (adjoint) form:
+instead of forming the products ``Phi`` of restricted pseudo-inverses for every pair of layers
+``(l, l')``, the upstream gradient is pulled back one layer at a time (reverse mode), and
+``d = (A_T^T A_T)^{-1} g_T`` plays the role of the paper's ``d^{(l, l')}`` summed over ``l'``
+(the accumulated upstream gradient).  In matrix form for a block, with
+``R = S[l-1] - S[l] A[l]^T`` and ``D`` the stacked ``d`` rows::
+
+    dC/dA[l] += R^T D - A[l] (D^T S[l]) = S[l-1]^T D - A[l] (S[l]^T D + D^T S[l])
+    dC/dS[l-1] += D A[l]^T
+
+(for ``l = 0`` the first product is ``X.T @ D``, a sparse-times-dense product when ``X`` is
+sparse).  The ``d`` rows are computed by the same grouped passive-set solver as the NNLS
+(rows with equal support share one factorisation), never a Python loop over samples.  The
+total gradient is the direct one (``S`` held fixed) plus the sum of those terms over all
+layers, accumulated by reverse-mode propagation from ``S[L]`` down to ``S[0]``.
+
+``q`` is only piecewise smooth: the gradient is the gradient of the smooth piece the current
+supports select (it is exact away from support changes, which is "nearly always").
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+from dnmf_dask.errors import DNMFTypeError, DNMFValueError
+from dnmf_dask.kernels.nnls import (
+    _PassiveSolver,
+    _as_data_2d,
+    _as_dense_2d,
+    _check_max_iter,
+    _check_tol,
+    _float_dtype,
+    _nnls_core,
+)
+
+__all__ = ["forward", "chunk_cost_grad", "sum_results", "COSTS"]
+
+#: the supported cost functions.
+COSTS = ("reconstruction", "layerwise")
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+def _check_solver(solver):
+    if solver is None:
+        return {}
+    if not isinstance(solver, dict):
+        raise DNMFTypeError(f"solver: expected a dict of nnls options or None, found {type(solver).__name__}")
+    unknown = set(solver) - {"max_iter", "tol"}
+    if unknown:
+        raise DNMFValueError(f"solver: expected keys among ('max_iter', 'tol'), found {sorted(unknown)}")
+    return dict(solver)
+
+
+def _check_inputs(X, A_list):
+    X = _as_data_2d("X", X)
+    if isinstance(A_list, np.ndarray) or not isinstance(A_list, (list, tuple)):
+        raise DNMFTypeError(f"A_list: expected a list of 2-D arrays, found {type(A_list).__name__}")
+    if len(A_list) == 0:
+        raise DNMFValueError("A_list: expected at least one factor matrix, found an empty list")
+    As = []
+    rows_expected = X.shape[1]
+    for l, A in enumerate(A_list):
+        A = _as_dense_2d(f"A_list[{l}]", A)
+        if A.shape[0] != rows_expected:
+            what = "n_features of X" if l == 0 else f"A_list[{l - 1}].shape[1]"
+            raise DNMFValueError(
+                f"A_list[{l}]: expected {rows_expected} rows ({what}), found shape {A.shape}"
+            )
+        if A.shape[1] < 1:
+            raise DNMFValueError(f"A_list[{l}]: expected at least one column, found shape {A.shape}")
+        As.append(A)
+        rows_expected = A.shape[1]
+    dt = _float_dtype(X.dtype, *[A.dtype for A in As])
+    X = X.astype(dt, copy=False)
+    As = [np.asarray(A, dtype=dt) for A in As]
+    return X, As, dt
+
+
+def _solver_opts(solver, k):
+    opts = _check_solver(solver)
+    return _check_max_iter(opts.get("max_iter"), k), _check_tol(opts.get("tol", 1e-10))
+
+
+def _forward(X, As, dt, solver):
+    """Forward pass; returns (S list, passive solvers, C0 = X @ A[0])."""
+    S, solvers = [], []
+    prev = X
+    C0 = None
+    for A in As:
+        k = A.shape[1]
+        max_iter, tol = _solver_opts(solver, k)
+        A64 = np.asarray(A, dtype=np.float64)
+        ps = _PassiveSolver(A64.T @ A64)
+        C = np.asarray(prev @ A)
+        if C0 is None:
+            C0 = C
+        if C.shape[0] == 0:
+            Sl = np.zeros((0, k), dtype=dt)
+        else:
+            S64, _ = _nnls_core(ps, np.asarray(C, dtype=np.float64), None, max_iter, tol)
+            Sl = S64.astype(dt, copy=False)
+        S.append(Sl)
+        solvers.append(ps)
+        prev = Sl
+    return S, solvers, C0
+
+
+def forward(X, A_list, *, solver=None):
+    """Neural NMF forward propagation: ``[S[0], ..., S[L]]`` with ``S[l] = q(A[l], S[l-1])``.
+
+    Parameters
+    ----------
+    X : (n, n_features) dense array or scipy.sparse matrix.
+    A_list : list of factors, ``A_list[0]`` (n_features, k0), ``A_list[l]`` (k_{l-1}, k_l).
+    solver : dict, optional
+        Options of :func:`dnmf_dask.kernels.nnls.nnls_gram` (``max_iter``, ``tol``).
+
+    Returns
+    -------
+    list of (n, k_l) arrays (float32 if every input is float32, else float64).
+    """
+    X, As, dt = _check_inputs(X, A_list)
+    return _forward(X, As, dt, solver)[0]
+
+
+def _check_labels(y, B, lam, n, kL, dt):
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise DNMFTypeError(f"lam: expected a real number >= 0, found {type(lam).__name__}")
+    if not (np.isfinite(lam) and lam >= 0):
+        raise DNMFValueError(f"lam: expected a finite number >= 0, found {lam!r}")
+    if B is not None:
+        B = _as_dense_2d("B", B)
+        if B.shape[1] != kL:
+            raise DNMFValueError(
+                f"B: expected shape (n_classes, {kL}) (k of the last layer), found {B.shape}"
+            )
+        B = np.asarray(B, dtype=np.result_type(dt, _float_dtype(B.dtype)))
+    if y is None:
+        return None, B, np.zeros(n, dtype=bool)
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise DNMFValueError(f"y: expected a 1-D int array of length {n} (rows of X), found shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise DNMFTypeError(f"y: expected an integer array (-1 = unlabeled), found dtype {y.dtype}")
+    y = y.astype(np.int64, copy=False)
+    labeled = y >= 0
+    if np.any(y < -1):
+        raise DNMFValueError(f"y: expected labels >= -1 (-1 = unlabeled), found {int(y.min())}")
+    if labeled.any():
+        if B is None:
+            if lam > 0:
+                raise DNMFValueError(
+                    "B: expected a (n_classes, k_L) classifier when lam > 0 and y has labels, found None"
+                )
+        elif y.max() >= B.shape[0]:
+            raise DNMFValueError(
+                f"y: expected labels < n_classes = {B.shape[0]} (rows of B), found {int(y.max())}"
+            )
+    return y, B, labeled
+
+
+def _sqnorm(M):
+    if sp.issparse(M):
+        if not M.has_canonical_format:
+            M = M.copy()
+            M.sum_duplicates()
+        d = M.data
+    else:
+        d = np.asarray(M).ravel()
+    return float(np.dot(d.astype(np.float64, copy=False), d.astype(np.float64, copy=False)))
+
+
+def _fsum_prod(a, b):
+    """sum(a * b) accumulated in float64."""
+    return float(np.sum(np.multiply(a, b, dtype=np.float64)))
+
+
+# --------------------------------------------------------------------------------------------
+# cost and gradient of one block
+# --------------------------------------------------------------------------------------------
+def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *, solver=None,
+                    return_S=False):
+    """Cost of one block of rows and its exact gradients (sums over the block's rows).
+
+    Parameters
+    ----------
+    X : (n, n_features) dense array or scipy.sparse CSR matrix (never densified).
+    A_list : list of factors ``A[0]`` (n_features, k0), ``A[l]`` (k_{l-1}, k_l).
+    B : (n_classes, k_L) array, optional; required when ``lam > 0`` and some row is labeled.
+    y : (n,) int array, optional; ``-1`` marks unlabeled rows.
+    lam : float >= 0, weight of the classification term.
+    cost : "reconstruction" (paper eq. 7) or "layerwise" (sum of the layers' energies).
+    solver : dict, optional, options of the NNLS (``max_iter``, ``tol``).
+    return_S : bool, also put the forward pass ``[S[0], ..., S[L]]`` in ``extras["S"]``.
+
+    Returns
+    -------
+    cost_sum : float
+    grads : list of arrays, ``dC/dA[l]`` with the shapes of ``A_list``
+    grad_B : array like ``B`` (``dC/dB``), or None when ``B`` is None
+    extras : dict of per-block sums for reporting:
+        ``"recon_sq"``  ||X - S[L] (A[0]...A[L])^T||^2,
+        ``"x_sq"``      ||X||^2,
+        ``"layer_sq"``  (L+1,) array of ||S[l-1] - S[l] A[l]^T||^2,
+        ``"label_sq"``  ||Lmask * (Y - S[L] B^T)||^2 (unweighted; 0 without B or labels),
+        ``"n_labeled"`` number of labeled rows, ``"n_correct"`` labeled rows whose
+        ``argmax(S[L] @ B.T)`` equals the label (0 without B), ``"n_rows"`` rows of the block.
+    """
+    if cost not in COSTS:
+        raise DNMFValueError(f"cost: expected one of {COSTS}, found {cost!r}")
+    if not isinstance(return_S, (bool, np.bool_)):
+        raise DNMFTypeError(f"return_S: expected a bool, found {type(return_S).__name__}")
+    X, As, dt = _check_inputs(X, A_list)
+    n = X.shape[0]
+    L = len(As) - 1
+    kL = As[-1].shape[1]
+    y, B, labeled = _check_labels(y, B, lam, n, kL, dt)
+    if B is not None and B.dtype != dt:
+        dt = np.result_type(dt, B.dtype)
+        X = X.astype(dt, copy=False)
+        As = [A.astype(dt, copy=False) for A in As]
+    lam = float(lam)
+    sparse = sp.issparse(X)
+
+    S, solvers, C0 = _forward(X, As, dt, solver)
+    SL = S[L]
+    x_sq = _sqnorm(X)
+
+    # products P = A0 A1 ... AL (prefix) and suffixes A_{l+1} ... A_L
+    pre = [As[0]]
+    for A in As[1:]:
+        pre.append(pre[-1] @ A)
+    P = pre[L]
+    suf = [None] * (L + 1)
+    suf[L] = np.eye(kL, dtype=dt)
+    for l in range(L - 1, -1, -1):
+        suf[l] = As[l + 1] @ suf[l + 1]
+
+    grads = [np.zeros_like(A) for A in As]
+    gS = [np.zeros_like(Sl) for Sl in S]  # direct dC/dS[l] (then accumulated adjoints)
+    # grads[0] += X.T @ R0 collects every product with X^T, done once at the end
+    R0 = np.zeros_like(S[0])
+    need_XtSL = False  # sparse reconstruction cost with L >= 1 also needs X^T S[L]
+
+    # --- full-product reconstruction error (reported always; the cost for "reconstruction")
+    StS_L = SL.T @ SL
+    if sparse:
+        XP = np.asarray(X @ P)
+        PtP = P.T @ P
+        recon_sq = x_sq - 2.0 * _fsum_prod(SL, XP) + _fsum_prod(StS_L, PtP)
+    else:
+        E = X - SL @ P.T
+        recon_sq = _sqnorm(E)
+
+    # --- layer-wise energies ||S[l-1] - S[l] A[l]^T||^2 (reported always)
+    layer_sq = np.zeros(L + 1, dtype=np.float64)
+    layer_terms = []  # (l, E_l) for l >= 1, dense (n, k_{l-1})
+    if sparse:
+        G0 = As[0].T @ As[0]
+        StS0 = S[0].T @ S[0]
+        layer_sq[0] = x_sq - 2.0 * _fsum_prod(S[0], C0) + _fsum_prod(StS0, G0)
+    else:
+        E0 = E if L == 0 else X - S[0] @ As[0].T
+        layer_sq[0] = recon_sq if L == 0 else _sqnorm(E0)
+    for l in range(1, L + 1):
+        El = S[l - 1] - S[l] @ As[l].T
+        layer_sq[l] = _sqnorm(El)
+        layer_terms.append((l, El))
+
+    # --- the chosen cost's direct (S fixed) gradients
+    if cost == "reconstruction":
+        total = recon_sq
+        if sparse:
+            gS[L] += -2.0 * (XP - SL @ PtP)
+            dP_rest = 2.0 * (P @ StS_L)  # dP = -2 X^T S_L + 2 P S_L^T S_L
+            # dC/dA[l]|_S = pre[l-1]^T dP suf[l]^T with dP = -2 X^T S_L + 2 P S_L^T S_L
+            for l in range(L + 1):
+                left = pre[l - 1] if l > 0 else None
+                rest = dP_rest @ suf[l].T
+                grads[l] += rest if left is None else left.T @ rest
+            # and the X^T parts -2 pre[l-1]^T (X^T S_L) suf[l]^T: for l = 0 into R0, for
+            # l >= 1 from X^T S_L computed with R0 at the end
+            R0 += -2.0 * (SL @ suf[0].T)
+            need_XtSL = L >= 1
+        else:
+            gS[L] += -2.0 * (E @ P)
+            dP_full = -2.0 * (E.T @ SL)
+            for l in range(L + 1):
+                t = dP_full @ suf[l].T
+                grads[l] += t if l == 0 else pre[l - 1].T @ t
+    else:
+        total = float(np.sum(layer_sq))
+        if sparse:
+            # l = 0: -2 (X^T S0 - A0 S0^T S0);  dC/dS0 = -2 (X A0 - S0 G0)
+            grads[0] += 2.0 * (As[0] @ StS0)
+            R0 += -2.0 * S[0]
+            gS[0] += -2.0 * (C0 - S[0] @ G0)
+        else:
+            grads[0] += -2.0 * (E0.T @ S[0])
+            gS[0] += -2.0 * (E0 @ As[0])
+        for l, El in layer_terms:
+            grads[l] += -2.0 * (El.T @ S[l])
+            gS[l] += -2.0 * (El @ As[l])
+            gS[l - 1] += 2.0 * El
+
+    # --- classification term
+    n_labeled = int(labeled.sum())
+    n_correct = 0
+    label_sq = 0.0
+    grad_B = None
+    if B is not None:
+        grad_B = np.zeros_like(B)
+        if n_labeled:
+            lab = np.flatnonzero(labeled)
+            Z = SL[lab] @ B.T
+            Yl = np.zeros_like(Z)
+            Yl[np.arange(lab.size), y[lab]] = 1.0
+            Rl = Yl - Z
+            label_sq = _sqnorm(Rl)
+            n_correct = int(np.sum(np.argmax(Z, axis=1) == y[lab]))
+            if lam > 0:
+                total += lam * label_sq
+                gS[L][lab] += (-2.0 * lam) * (Rl @ B)
+                grad_B += (-2.0 * lam) * (Rl.T @ SL[lab])
+
+    # --- reverse-mode propagation through q(A[l], S[l-1]), l = L..0
+    for l in range(L, -1, -1):
+        g = gS[l]
+        supp = S[l] > 0
+        D = solvers[l].solve(np.asarray(g, dtype=np.float64), supp).astype(dt, copy=False)
+        StD = S[l].T @ D
+        grads[l] -= As[l] @ (StD + StD.T)
+        if l == 0:
+            R0 += D
+        else:
+            grads[l] += S[l - 1].T @ D
+            gS[l - 1] += D @ As[l].T
+
+    # --- the products with X^T (one pass over X for all of them)
+    if need_XtSL:
+        k0 = As[0].shape[1]
+        XtM = np.asarray(X.T @ np.hstack([R0, SL]))
+        grads[0] += XtM[:, :k0]
+        XtSL = XtM[:, k0:]
+        for l in range(1, L + 1):
+            grads[l] += -2.0 * (pre[l - 1].T @ (XtSL @ suf[l].T))
+    else:
+        grads[0] += np.asarray(X.T @ R0)
+
+    extras = {
+        "recon_sq": float(recon_sq),
+        "x_sq": float(x_sq),
+        "layer_sq": layer_sq,
+        "label_sq": float(label_sq),
+        "n_labeled": n_labeled,
+        "n_correct": n_correct,
+        "n_rows": int(n),
+    }
+    if return_S:
+        extras["S"] = S
+    return float(total), grads, grad_B, extras
+
+
+def sum_results(results):
+    """Add up ``chunk_cost_grad`` results of several blocks (the driver's tree reduction).
+
+    ``extras["S"]`` (if present) is not summable and is dropped.
+    """
+    results = list(results)
+    if not results:
+        raise DNMFValueError("results: expected at least one chunk result, found none")
+    cost, grads, gB, extras = results[0]
+    grads = [g.copy() for g in grads]
+    gB = None if gB is None else gB.copy()
+    extras = {key: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
+              for key, v in extras.items() if key != "S"}
+    for c, gr, b, ex in results[1:]:
+        cost += c
+        if len(gr) != len(grads):
+            raise DNMFValueError(f"results: expected {len(grads)} gradients per chunk, found {len(gr)}")
+        for g, h in zip(grads, gr):
+            g += h
+        if (gB is None) != (b is None):
+            raise DNMFValueError("results: expected grad_B to be None in all chunks or in none")
+        if gB is not None:
+            gB += b
+        for key in extras:
+            extras[key] = extras[key] + ex[key]
+    return cost, grads, gB, extras

@@ -1,0 +1,254 @@
+"""Tests of the Neural NMF kernels: forward pass, cost and exact gradients through q."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from dnmf_dask.errors import DNMFTypeError, DNMFValueError
+from dnmf_dask.kernels.neural import chunk_cost_grad, forward, sum_results
+from dnmf_dask.kernels.nnls import nnls
+
+N_ROWS, N_FEATURES, KS, N_CLASSES = 14, 12, (6, 4, 3), 3
+FD_STEP = 1e-6
+
+
+def make_problem(seed, n_layers):
+    """A small problem whose supports are stable under the finite-difference step."""
+    rng = np.random.default_rng(seed)
+    A_true = rng.random((N_FEATURES, 6))
+    S_true = rng.random((N_ROWS, 6)) * (rng.random((N_ROWS, 6)) < 0.6)
+    X = S_true @ A_true.T + 0.3 * rng.random((N_ROWS, N_FEATURES))
+    As = [rng.random((N_FEATURES, KS[0])) + 0.1]
+    for l in range(1, n_layers):
+        As.append(rng.random((KS[l - 1], KS[l])) + 0.1)
+    B = rng.random((N_CLASSES, KS[n_layers - 1]))
+    return rng, X, As, B
+
+
+def support_margin(X, As):
+    """Smallest relative distance of any S entry / KKT multiplier from a support change."""
+    S = forward(X, As)
+    prev, margin, zero_frac = X, np.inf, []
+    for A, Sl in zip(As, S):
+        C = np.asarray(prev @ A)
+        grad = Sl @ (A.T @ A) - C
+        pos = Sl[Sl > 0]
+        if pos.size:
+            margin = min(margin, pos.min() / np.abs(Sl).max())
+        if np.any(Sl == 0):
+            margin = min(margin, grad[Sl == 0].min() / np.abs(C).max())
+        zero_frac.append(float(np.mean(Sl == 0)))
+        prev = Sl
+    return margin, zero_frac
+
+
+def labels(rng, mode):
+    if mode == "unsupervised":
+        return None
+    y = rng.integers(0, N_CLASSES, N_ROWS)
+    if mode == "semisupervised":
+        y[rng.random(N_ROWS) < 0.5] = -1
+        y[0], y[1] = -1, 1  # both kinds present
+    return y
+
+
+def finite_difference(X, As, B, y, lam, cost):
+    def f(As_, B_):
+        return chunk_cost_grad(X, As_, B_, y, lam, cost)[0]
+
+    num = []
+    for l, A in enumerate(As):
+        G = np.zeros_like(A)
+        for idx in np.ndindex(A.shape):
+            Ap = [a.copy() for a in As]
+            Am = [a.copy() for a in As]
+            Ap[l][idx] += FD_STEP
+            Am[l][idx] -= FD_STEP
+            G[idx] = (f(Ap, B) - f(Am, B)) / (2 * FD_STEP)
+        num.append(G)
+    numB = None
+    if B is not None:
+        numB = np.zeros_like(B)
+        for idx in np.ndindex(B.shape):
+            Bp, Bm = B.copy(), B.copy()
+            Bp[idx] += FD_STEP
+            Bm[idx] -= FD_STEP
+            numB[idx] = (f(As, Bp) - f(As, Bm)) / (2 * FD_STEP)
+    return num, numB
+
+
+def rel_err(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["unsupervised", "semisupervised", "supervised"])
+@pytest.mark.parametrize("cost", ["reconstruction", "layerwise"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gradient_matches_finite_differences(n_layers, mode, cost, sparse):
+    seed = {1: 0, 2: 1, 3: 2}[n_layers]
+    rng, X, As, B = make_problem(seed, n_layers)
+    margin, zero_frac = support_margin(X, As)
+    assert margin > 1e-4  # the supports cannot change under the FD step
+    assert all(0.1 < z < 0.9 for z in zero_frac)  # the constraints are active
+    y = labels(rng, mode)
+    lam = 0.0 if mode == "unsupervised" else 0.7
+    Bm = None if mode == "unsupervised" else B
+    Xc = sp.csr_matrix(X) if sparse else X
+    c, grads, gB, extras = chunk_cost_grad(Xc, As, Bm, y, lam, cost)
+    num, numB = finite_difference(Xc, As, Bm, y, lam, cost)
+    assert len(grads) == n_layers
+    for g, gn, A in zip(grads, num, As):
+        assert g.shape == A.shape
+        assert rel_err(g, gn) <= 1e-5
+    if Bm is None:
+        assert gB is None
+    else:
+        assert gB.shape == B.shape
+        assert rel_err(gB, numB) <= 1e-5
+
+
+def test_through_q_terms_matter():
+    """The FD check above would fail for a gradient that holds S fixed (sanity of the test)."""
+    rng, X, As, B = make_problem(0, 1)
+    y = rng.integers(0, N_CLASSES, N_ROWS)
+    c, grads, gB, _ = chunk_cost_grad(X, As, B, y, 0.7)
+    num, _ = finite_difference(X, As, B, y, 0.7, "reconstruction")
+    S = forward(X, As)[0]
+    direct = -2.0 * (X - S @ As[0].T).T @ S  # dC/dA with S held fixed
+    assert rel_err(grads[0], num[0]) <= 1e-5
+    assert rel_err(direct, num[0]) > 1e-2
+    # two unsupervised layers: the second layer's q feeds back into A[0]
+    rng, X, As, B = make_problem(1, 2)
+    c, grads, _, _ = chunk_cost_grad(X, As)
+    num, _ = finite_difference(X, As, None, None, 0.0, "reconstruction")
+    S1 = forward(X, As)[1]
+    P = As[0] @ As[1]
+    direct0 = -2.0 * (X - S1 @ P.T).T @ S1 @ As[1].T
+    assert rel_err(grads[0], num[0]) <= 1e-5
+    assert rel_err(direct0, num[0]) > 1e-2
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("cost", ["reconstruction", "layerwise"])
+def test_chunks_sum_to_full_batch(sparse, cost):
+    rng = np.random.default_rng(21)
+    n = 60
+    X = rng.random((n, 15)) * (rng.random((n, 15)) < 0.6)
+    As = [rng.random((15, 5)), rng.random((5, 3))]
+    B = rng.random((4, 3))
+    y = rng.integers(-1, 4, n)
+    Xc = sp.csr_matrix(X) if sparse else X
+    full = chunk_cost_grad(Xc, As, B, y, 0.5, cost)
+    splits = (slice(0, 17), slice(17, 40), slice(40, n))
+    parts = [chunk_cost_grad(Xc[s], As, B, y[s], 0.5, cost) for s in splits]
+    total = sum_results(parts)
+    assert total[0] == pytest.approx(full[0], rel=1e-12)
+    for g, h in zip(total[1], full[1]):
+        np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-12 * np.abs(h).max())
+    np.testing.assert_allclose(total[2], full[2], rtol=1e-10, atol=1e-12)
+    for key in ("recon_sq", "x_sq", "label_sq"):
+        assert total[3][key] == pytest.approx(full[3][key], rel=1e-10)
+    np.testing.assert_allclose(total[3]["layer_sq"], full[3]["layer_sq"], rtol=1e-10)
+    for key in ("n_labeled", "n_correct", "n_rows"):
+        assert total[3][key] == full[3][key]
+    # an empty chunk contributes nothing
+    empty = chunk_cost_grad(Xc[:0], As, B, y[:0], 0.5, cost)
+    assert empty[0] == 0.0 and all(np.all(g == 0) for g in empty[1])
+
+
+def test_forward_is_successive_nnls():
+    rng, X, As, _ = make_problem(3, 3)
+    S = forward(X, As)
+    assert [s.shape for s in S] == [(N_ROWS, k) for k in KS]
+    prev = X
+    for A, Sl in zip(As, S):
+        np.testing.assert_allclose(Sl, nnls(A, prev), atol=1e-13)
+        prev = Sl
+    S_sparse = forward(sp.csr_matrix(X), As)
+    for a, b in zip(S, S_sparse):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cost_and_extras_values(sparse):
+    rng, X, As, B = make_problem(4, 2)
+    y = labels(rng, "semisupervised")
+    lam = 0.3
+    Xc = sp.csr_matrix(X) if sparse else X
+    S = forward(X, As)
+    P = As[0] @ As[1]
+    recon = np.sum((X - S[1] @ P.T) ** 2)
+    lay = [np.sum((X - S[0] @ As[0].T) ** 2), np.sum((S[0] - S[1] @ As[1].T) ** 2)]
+    lab = y >= 0
+    Z = S[1][lab] @ B.T
+    Y = np.eye(N_CLASSES)[y[lab]]
+    label_sq = np.sum((Y - Z) ** 2)
+    c, _, _, ex = chunk_cost_grad(Xc, As, B, y, lam, "reconstruction")
+    assert c == pytest.approx(recon + lam * label_sq, rel=1e-10)
+    assert ex["recon_sq"] == pytest.approx(recon, rel=1e-10)
+    assert ex["x_sq"] == pytest.approx(np.sum(X**2), rel=1e-12)
+    np.testing.assert_allclose(ex["layer_sq"], lay, rtol=1e-10)
+    assert ex["label_sq"] == pytest.approx(label_sq, rel=1e-10)
+    assert ex["n_labeled"] == int(lab.sum())
+    assert ex["n_correct"] == int(np.sum(np.argmax(Z, axis=1) == y[lab]))
+    assert ex["n_rows"] == N_ROWS
+    c2, _, _, _ = chunk_cost_grad(Xc, As, B, y, lam, "layerwise")
+    assert c2 == pytest.approx(sum(lay) + lam * label_sq, rel=1e-10)
+    _, _, _, ex3 = chunk_cost_grad(Xc, As, return_S=True)
+    for a, b in zip(ex3["S"], S):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_unlabeled_rows_do_not_contribute():
+    rng, X, As, B = make_problem(5, 2)
+    c0, g0, _, _ = chunk_cost_grad(X, As)
+    c1, g1, gB, ex = chunk_cost_grad(X, As, B, np.full(N_ROWS, -1), 2.0)
+    assert c1 == pytest.approx(c0, rel=1e-14)
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert np.all(gB == 0) and ex["n_labeled"] == 0 and ex["n_correct"] == 0
+
+
+def test_float32_preserved():
+    rng, X, As, B = make_problem(6, 2)
+    y = labels(rng, "supervised")
+    c64, g64, gB64, _ = chunk_cost_grad(X, As, B, y, 0.5)
+    X32, As32, B32 = X.astype(np.float32), [a.astype(np.float32) for a in As], B.astype(np.float32)
+    c32, g32, gB32, _ = chunk_cost_grad(X32, As32, B32, y, 0.5)
+    assert all(g.dtype == np.float32 for g in g32) and gB32.dtype == np.float32
+    assert all(s.dtype == np.float32 for s in forward(X32, As32))
+    assert c32 == pytest.approx(c64, rel=1e-4)
+    for a, b in zip(g32, g64):
+        np.testing.assert_allclose(a, b, atol=1e-3 * np.abs(b).max())
+
+
+def test_bad_inputs():
+    rng, X, As, B = make_problem(0, 2)
+    y = np.zeros(N_ROWS, dtype=int)
+    with pytest.raises(DNMFValueError, match="cost"):
+        chunk_cost_grad(X, As, cost="nope")
+    with pytest.raises(DNMFValueError, match="A_list"):
+        chunk_cost_grad(X, [As[0], As[0]])
+    with pytest.raises(DNMFValueError, match="A_list"):
+        forward(X, [])
+    with pytest.raises(DNMFTypeError, match="A_list"):
+        forward(X, As[0])
+    with pytest.raises(DNMFValueError, match="y"):
+        chunk_cost_grad(X, As, B, y[:-1], 1.0)
+    with pytest.raises(DNMFValueError, match="y"):
+        chunk_cost_grad(X, As, B, y + N_CLASSES, 1.0)
+    with pytest.raises(DNMFValueError, match="y"):
+        chunk_cost_grad(X, As, B, y - 2, 1.0)
+    with pytest.raises(DNMFTypeError, match="y"):
+        chunk_cost_grad(X, As, B, y.astype(float), 1.0)
+    with pytest.raises(DNMFValueError, match="B"):
+        chunk_cost_grad(X, As, B[:, :2], y, 1.0)
+    with pytest.raises(DNMFValueError, match="B"):
+        chunk_cost_grad(X, As, None, y, 1.0)
+    with pytest.raises(DNMFValueError, match="lam"):
+        chunk_cost_grad(X, As, B, y, -1.0)
+    with pytest.raises(DNMFValueError, match="solver"):
+        forward(X, As, solver={"maxiter": 3})
+    with pytest.raises(DNMFValueError, match="X"):
+        forward(X[:, :5], As)
