@@ -1,0 +1,58 @@
+import warnings
+
+import numpy as np
+import pytest
+
+import dnmf_dask as dd
+from dnmf_dask.errors import DNMFValueError
+from dnmf_dask.ingest.synthetic import hierarchical_blocks
+from dnmf_dask.kernels.neural import chunk_cost_grad
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return hierarchical_blocks(random_state=0)
+
+
+def test_pgd_cost_decreases_and_beats_hierarchical_init(toy):
+    X, _ = toy
+    m = dd.NeuralNMF((9, 4, 2), epochs=40, tol=0, random_state=0, scheduler="threads").fit(X)
+    c = np.array(m.history_["cost"])
+    assert np.all(np.diff(c) <= 0)  # Armijo steps only accept decreases
+    assert all(A.min() >= 0 for A in m.A_)
+    assert m.history_["rel_error"][-1] < m.init_model_.layer_rel_error_[-1] - 0.05
+    # the reported cost is the kernel's cost at the final factors, on all rows at once
+    cost, *_ = chunk_cost_grad(X, m.A_, None, None, 0.0)
+    assert c[-1] == pytest.approx(cost, rel=1e-10)
+
+
+def test_full_batch_independent_of_chunking_and_scheduler(toy, local_cluster):
+    X, y = toy
+    ym = y.copy()
+    ym[np.random.default_rng(0).random(len(y)) > 0.4] = -1
+    kw = dict(epochs=8, tol=0, random_state=3, init="random")
+    a = dd.NeuralNMF((6, 3), chunk_rows=90, scheduler="threads", **kw).fit(X, ym)
+    b = dd.NeuralNMF((6, 3), chunk_rows=13, scheduler=local_cluster, **kw).fit(X, ym)
+    for Aa, Ab in zip(a.A_ + [a.B_], b.A_ + [b.B_]):
+        np.testing.assert_allclose(Ab, Aa, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(a.history_["cost"], b.history_["cost"], rtol=1e-9)
+
+
+def test_supervised_single_layer_and_sgd(toy):
+    X, y = toy
+    m = dd.NeuralNMF((9,), epochs=30, random_state=0, scheduler="threads").fit(X, y)
+    assert m.history_["accuracy_labeled"][-1] >= 0.95
+    s = dd.NeuralNMF((9, 4), solver="sgd", init="random", epochs=8, learning_rate=1e-3, batch_size=30,
+                     random_state=0, scheduler="threads").fit(X)
+    assert len(s.history_["cost"]) == 9 and all(A.min() >= 0 for A in s.A_)
+    assert s.history_["cost"][-1] < 0.3 * s.history_["cost"][0]
+
+
+def test_bad_params(toy):
+    X, _ = toy
+    with pytest.raises(DNMFValueError, match="solver"):
+        dd.NeuralNMF((3,), solver="adam", scheduler="threads").fit(X)
+    with pytest.raises(DNMFValueError, match="cost"):
+        dd.NeuralNMF((3,), cost="kl", scheduler="threads").fit(X)
