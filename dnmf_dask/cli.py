@@ -141,10 +141,10 @@ def cmd_predict(args):
 # -- demo (the README's main job) --------------------------------------------------------------
 def cmd_demo(args):
     from .evaluate.metrics import accuracy_unlabeled, purity
-    from .evaluate.topics import top_words
+    from .evaluate.topics import format_hierarchy, hierarchy, layer_topics
     from .ingest.bbc import bbc_news_corpus
     from .ingest.labels import mask_labels
-    from .models import NMF, SSNMF
+    from .models import SSNMF, HierarchicalNMF
     from .parallel.scheduler import scheduler_context
     from .store import write_corpus
     from .store.model import save_model
@@ -164,6 +164,8 @@ def cmd_demo(args):
     with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
         models = {
             "SSNMF": SSNMF(args.rank, lam=args.lam, max_iter=args.max_iter, tol=args.tol, random_state=args.seed),
+            "HierarchicalNMF": HierarchicalNMF((args.rank, args.top_rank), lam=args.lam, max_iter=args.max_iter,
+                                               tol=args.tol, random_state=args.seed),
         }
         for name, m in models.items():
             t = time.time()
@@ -174,20 +176,21 @@ def cmd_demo(args):
                 "fit_seconds": round(time.time() - t, 2),
                 "n_iter": m.n_iter_,
                 "stop_reason": m.stop_reason_,
-                "rel_error": m.history_["rel_error"][-1],
+                "rel_error": getattr(m, "layer_rel_error_", m.history_["rel_error"])[-1],
                 "accuracy_unlabeled": accuracy_unlabeled(corpus.y_true, pred, corpus.y),
                 "purity": purity(corpus.y_true, np.argmax(S, axis=1)),
             }
             results[name] = res
             save_model(m, out / f"{name.lower()}.zarr", feature_names=corpus.feature_names, overwrite=True)
             print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
-    words = top_words(models["SSNMF"].A_[0], corpus.feature_names, n=8)
-    lines = [f"topic {j:2d}: " + " ".join(w) for j, w in enumerate(words)]
-    (out / "topics.txt").write_text("\n".join(lines) + "\n")
+    h = models["HierarchicalNMF"]
+    words = [lt.words for lt in layer_topics(h.A_, corpus.feature_names, n=8)]
+    text = format_hierarchy(hierarchy(h.A_, threshold=0.15), topic_words=words, n_words=6)
+    (out / "topics.txt").write_text(text + "\n")
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n".join(lines))
+    print("topic hierarchy (supertopic, then the subtopics that form it with their weights):")
+    print(text)
     print(f"dnmf demo: done in {time.time() - t0:.0f}s; results in {out}/ (metrics.json, topics.txt, *.zarr)")
-    _ = NMF
     return results
 
 
@@ -229,7 +232,8 @@ def build_parser():
 
     pd = sub.add_parser("demo", help="the main job: BBC News -> corpus store -> model on a LocalCluster -> metrics and topics")
     pd.add_argument("--out", default="runs/bbc-demo", help="run folder (default runs/bbc-demo)")
-    pd.add_argument("--rank", "-k", type=int, default=20)
+    pd.add_argument("--rank", "-k", type=int, default=20, help="topics of the first layer")
+    pd.add_argument("--top-rank", type=int, default=5, help="supertopics of the second layer")
     pd.add_argument("--lam", type=float, default=1.0)
     pd.add_argument("--label-fraction", type=float, default=0.01)
     pd.add_argument("--max-iter", type=int, default=200)

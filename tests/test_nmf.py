@@ -136,7 +136,7 @@ def test_ssnmf_matches_numpy_reference(rng, mask, scheduler):
         Xin = np.where(obs, X, np.nan)
     elif mask == "observed":
         observed = obs
-    m = dd.SSNMF(4, lam=0.7, init="custom", max_iter=50, tol=0, chunk_rows=29, random_state=5, scheduler=scheduler)
+    m = dd.SSNMF(4, lam=0.7, init="custom", init_B="random", max_iter=50, tol=0, chunk_rows=29, random_state=5, scheduler=scheduler)
     S = m.fit_transform(Xin, y, observed=observed, W=W0, H=H0)
     B0 = m._init_B(3, 5, np.float64)  # the estimator's own B start, fed to the reference
     L = np.zeros((3, n)); L[:, y >= 0] = 1
@@ -153,7 +153,7 @@ def test_ssnmf_sparse_observed_pattern(rng):
     X, _, y, W0, H0 = _ssnmf_problem(rng)
     obs = rng.random(X.shape) > 0.3
     Xs = sp.csr_matrix(np.where(rng.random(X.shape) > 0.5, X, 0))
-    m = dd.SSNMF(4, lam=0.5, init="custom", max_iter=20, tol=0, chunk_rows=40, random_state=1, scheduler="threads")
+    m = dd.SSNMF(4, lam=0.5, init="custom", init_B="random", max_iter=20, tol=0, chunk_rows=40, random_state=1, scheduler="threads")
     m.fit(Xs, y, observed=sp.csr_matrix(obs), W=W0, H=H0)
     B0 = m._init_B(3, 1, np.float64)
     L = np.zeros((3, len(y))); L[:, y >= 0] = 1
@@ -216,3 +216,20 @@ def test_local_cluster_started_on_request(rng, capsys):
     b = dd.NMF(3, scheduler="threads", **kw).fit(X)
     assert _rel(a.A_[0], b.A_[0]) < 1e-10
     assert "dashboard" in capsys.readouterr().err
+
+
+def test_lstsq_B_start_ties_classes_to_their_topics(rng):
+    # one labeled sample per class: a random B start can end permuted against the topics
+    classes, n_per, f = 4, 50, 40
+    centers = np.zeros((classes, f))
+    for c in range(classes):
+        centers[c, c * 10:(c + 1) * 10] = 1.0
+    y = np.repeat(np.arange(classes), n_per)
+    X = centers[y] * rng.uniform(0.5, 1.5, (len(y), 1)) + 0.05 * rng.random((len(y), f))
+    ym = -np.ones_like(y)
+    ym[np.arange(classes) * n_per] = np.arange(classes)
+    m = dd.SSNMF(classes, lam=1.0, max_iter=200, random_state=0, scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X, ym)
+    assert np.mean(m.predict(X) == y) >= 0.95

@@ -21,7 +21,7 @@ from ..kernels.nnls import nnls_gram
 from ..parallel.blocks import Blocks
 from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
-from ..parallel.mu import fit_mu
+from ..parallel.mu import fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
 from .base import BaseFactorization, data_summary, seed_from
 
@@ -74,6 +74,8 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         Weight of the label term on the last layer when ``fit`` gets labels (SSNMF).
     semi : bool, default False
         Semi-NMF on layer 0 (A0 free in sign; X may be negative). Deeper layers are NMF.
+    init_B : {'lstsq', 'random'}, default 'lstsq'
+        Start of the classifier: NNLS fit of the labeled rows' initial S to their labels, or random.
     init, max_iter, tol, random_state, chunk_rows, scheduler, persist, verbose
         As for :class:`~dnmf_dask.NMF`, applied to every layer (``max_iter`` per layer).
 
@@ -87,11 +89,12 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
     layer_rel_error_ : ||X − S_l (A0…Al)ᵀ|| / ||X|| for every layer l, after the fit
     """
 
-    def __init__(self, ranks=(10, 5), *, lam=1.0, semi=False, init="nndsvda", max_iter=200, tol=1e-4,
+    def __init__(self, ranks=(10, 5), *, lam=1.0, semi=False, init="nndsvda", init_B="lstsq", max_iter=200, tol=1e-4,
                  random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
         self.ranks = ranks
         self.lam = lam
         self.semi = semi
+        self.init_B = init_B
         self.init = init
         self.max_iter = max_iter
         self.tol = tol
@@ -109,6 +112,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         ranks = check_ranks(self.ranks)
         check_nonneg_float(self.lam, "lam")
         check_choice(self.init, "init", ("random", "nndsvd", "nndsvda"))
+        check_choice(self.init_B, "init_B", ("lstsq", "random"))
         check_positive_int(self.max_iter, "max_iter")
         check_nonneg_float(self.tol, "tol")
         check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
@@ -162,7 +166,10 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
                     S_blocks, A = nndsvd_init(data, k, seed + l, summ["mean"], data.dtype, variant=self.init)
                 B0 = None
                 if last and n_classes:
-                    B0 = random_matrix(seed, (n_classes, k), 1.0 / np.sqrt(k), data.dtype, stream=3)
+                    if self.init_B == "lstsq":
+                        B0 = init_B_lstsq(data, S_blocks, codes, n_classes, data.dtype)
+                    else:
+                        B0 = random_matrix(seed, (n_classes, k), 1.0 / np.sqrt(k), data.dtype, stream=3)
                 log = (lambda msg, l=l: print(f"{type(self).__name__} layer {l}: {msg}")) if self.verbose else None
                 res = fit_mu(data, S_blocks, A, B=B0, y=codes if B0 is not None else None, lam=self.lam if B0 is not None else 0.0,
                              max_iter=self.max_iter, tol=self.tol, semi=semi, keep_S=True, log=log)

@@ -12,7 +12,7 @@ from ..kernels.init import random_matrix
 from ..kernels.nmf import transform_block
 from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
-from ..parallel.mu import fit_mu
+from ..parallel.mu import fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
 from .base import BaseFactorization, data_summary, seed_from
 
@@ -109,6 +109,8 @@ class NMF(BaseFactorization):
             raise DNMFValueError(f"persist: expected 'auto', True or False, found {self.persist!r}")
         lam = getattr(self, "lam", 0.0)
         check_nonneg_float(lam, "lam")
+        if hasattr(self, "init_B"):
+            check_choice(self.init_B, "init_B", ("lstsq", "random"))
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
@@ -160,7 +162,12 @@ class NMF(BaseFactorization):
             S_blocks, A = self._init_factors(blocks, summary, seed, W, H)
             y_codes, n_classes = self._labels(y)
             lam = float(getattr(self, "lam", 0.0))
-            B = self._init_B(n_classes, seed, blocks.dtype) if n_classes else None
+            B = None
+            if n_classes:
+                if getattr(self, "init_B", "random") == "lstsq":
+                    B = init_B_lstsq(blocks, S_blocks, y_codes, n_classes, blocks.dtype)
+                else:
+                    B = self._init_B(n_classes, seed, blocks.dtype)
             log = (lambda msg: print(f"{type(self).__name__}: {msg}")) if self.verbose else None
             res = fit_mu(blocks, S_blocks, A, B=B, y=y_codes, lam=lam, max_iter=self.max_iter, tol=self.tol,
                          keep_S=return_S, log=log)
@@ -221,7 +228,9 @@ class SSNMF(ClassifierMixin, NMF):
     Minimises ||W ⊙ (X − S Aᵀ)||² + λ ||L ⊙ (Y − S Bᵀ)||² with A, S, B ≥ 0, where W is the data
     mask (``observed=`` or NaN in dense X) and L marks labeled samples (``y != -1``).
 
-    Parameters are those of :class:`NMF` plus ``lam`` (λ, default 1.0). ``fit(X, y)`` needs
+    Parameters are those of :class:`NMF` plus ``lam`` (λ, default 1.0) and ``init_B``
+    ('lstsq', default: NNLS fit of the labeled rows' initial S to their one-hot labels, so each
+    class starts on the topics its samples use; 'random'). ``fit(X, y)`` needs
     integer labels with -1 for unlabeled samples; at least one labeled sample.
 
     Attributes (besides NMF's): ``B_`` (n_classes, k), ``classes_``; ``history_`` also has
@@ -236,6 +245,7 @@ class SSNMF(ClassifierMixin, NMF):
         *,
         lam=1.0,
         init="nndsvda",
+        init_B="lstsq",
         max_iter=200,
         tol=1e-4,
         random_state=None,
@@ -258,6 +268,7 @@ class SSNMF(ClassifierMixin, NMF):
             verbose=verbose,
         )
         self.lam = lam
+        self.init_B = init_B
 
     def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
         """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one)."""

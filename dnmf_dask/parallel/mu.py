@@ -88,3 +88,27 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     S_out, st = run(False, keep_S)
     record(st)
     return MUResult(S_out if keep_S else None, A, B, hist, n_iter, stop_reason, st)
+
+
+def _label_gram_task(S, y, *, n_classes):
+    lab = np.asarray(y) >= 0
+    SL = S[lab].astype(np.float64)
+    Y = np.zeros((SL.shape[0], n_classes))
+    Y[np.arange(SL.shape[0]), np.asarray(y)[lab]] = 1
+    return None, {"YtS": Y.T @ SL, "StS_L": SL.T @ SL}
+
+
+def init_B_lstsq(blocks: Blocks, S_blocks, y, n_classes, dtype):
+    """B ≥ 0 that best maps the labeled rows' initial S to their one-hot labels (NNLS per class).
+
+    Starting B this way ties each class to the topics its labeled samples already use; from a
+    random B the few labeled rows can instead bend their S towards arbitrary topics and the
+    classifier ends up permuted against the data's topics.
+    """
+    from ..kernels.nnls import nnls_gram
+
+    _, st = map_reduce(_label_gram_task, list(zip(S_blocks, blocks.split(y))), keep_outputs=False, n_classes=n_classes)
+    B = nnls_gram(st["StS_L"], st["YtS"])
+    k = B.shape[1]
+    B[B.sum(axis=1) == 0] = 1.0 / k  # a class whose labeled rows have all-zero S: neutral start
+    return B.astype(dtype)
