@@ -218,18 +218,20 @@ def test_local_cluster_started_on_request(rng, capsys):
     assert "dashboard" in capsys.readouterr().err
 
 
-def test_lstsq_B_start_ties_classes_to_their_topics(rng):
-    # one labeled sample per class: a random B start can end permuted against the topics
-    classes, n_per, f = 4, 50, 40
-    centers = np.zeros((classes, f))
-    for c in range(classes):
-        centers[c, c * 10:(c + 1) * 10] = 1.0
-    y = np.repeat(np.arange(classes), n_per)
-    X = centers[y] * rng.uniform(0.5, 1.5, (len(y), 1)) + 0.05 * rng.random((len(y), f))
-    ym = -np.ones_like(y)
-    ym[np.arange(classes) * n_per] = np.arange(classes)
-    m = dd.SSNMF(classes, lam=1.0, max_iter=200, random_state=0, scheduler="threads")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        m.fit(X, ym)
-    assert np.mean(m.predict(X) == y) >= 0.95
+def test_lstsq_B_start_is_nnls_of_labeled_rows(rng):
+    from scipy.optimize import nnls as scipy_nnls
+
+    from dnmf_dask.parallel.blocks import as_blocks
+    from dnmf_dask.parallel.mu import init_B_lstsq
+
+    n, k, c = 80, 5, 3
+    S = rng.random((n, k))
+    y = rng.integers(0, c, n)
+    y[rng.random(n) < 0.5] = -1
+    blocks, _ = as_blocks(rng.random((n, 4)), chunk_rows=23)
+    S_blocks = [S[blocks.offsets[i]:blocks.offsets[i + 1]] for i in range(blocks.n_blocks)]
+    B = init_B_lstsq(blocks, S_blocks, y, c, np.float64)
+    lab = y >= 0
+    for cls in range(c):
+        ref, _ = scipy_nnls(S[lab], (y[lab] == cls).astype(float))
+        np.testing.assert_allclose(B[cls], ref, rtol=1e-8, atol=1e-12)
