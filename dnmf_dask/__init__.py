@@ -6,7 +6,7 @@ Rows are samples (scikit-learn's orientation); see DESIGN.md §1 for the map to 
 __version__ = "0.1.0"
 
 from .errors import DNMFError, DNMFTypeError, DNMFValueError, StoreError  # noqa: E402
-from .models import NMF, SSNMF, HierarchicalNMF, NeuralNMF  # noqa: E402
+from .models import NMF, SSNMF, DeepNMF, HierarchicalNMF, NeuralNMF  # noqa: E402
 from .parallel.scheduler import scheduler_context  # noqa: E402
 from .store import Corpus, open_corpus, write_corpus  # noqa: E402
 
@@ -14,6 +14,7 @@ __all__ = [
     "NMF",
     "SSNMF",
     "HierarchicalNMF",
+    "DeepNMF",
     "NeuralNMF",
     "Corpus",
     "open_corpus",

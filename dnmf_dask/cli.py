@@ -130,8 +130,6 @@ def cmd_predict(args):
     with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
         pred = model.predict(corpus)
     out = Path(args.out)
-    from .store.atomic import atomic_directory  # noqa: F401  (file write below is small and atomic via rename)
-
     tmp = out.with_name(f".{out.name}.tmp")
     np.savetxt(tmp, np.asarray(pred), fmt="%d")
     os.replace(tmp, out)

@@ -129,80 +129,105 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
 
     def fit(self, X, y=None, *, groups=None, observed=None):
         """Fit layer by layer. ``y`` (-1 = unlabeled) makes the last layer semi-supervised."""
-        self._fit_layers(X, y, groups=groups, observed=observed)
+        self._fit(X, y, groups=groups, observed=observed)
         return self
 
-    def _fit_layers(self, X, y, *, groups, observed, keep_S=False):
+    # hooks that DeepNMF overrides --------------------------------------------------------
+    def _layer_groups(self, g, n_samples):
+        """Groups the layer inputs are built with (None: not needed)."""
+        return g
+
+    def _next_input(self, S_blocks, data, k, g_parts, y_parts):
+        """The next layer's data from this layer's S blocks: here S itself (no pooling)."""
+        return Blocks(S_blocks, data.offsets, k, data.dtype, False, None, persisted=True), g_parts, y_parts
+
+    def _fit_layers(self, X, y, *, groups, observed):
+        """The forward pass shared by HierarchicalNMF, DeepNMF and NeuralNMF's initialisation.
+
+        Returns a dict with the blocks, input info, group ids and label codes, and per layer the
+        S blocks (``forward_S``) and the data blocks each layer was fitted on (``inputs``).
+        """
         ranks = self._validate_params()
-        with scheduler_context(self.scheduler):
-            blocks, y, info = self._prepare(X, y, groups, observed)
-            summary = data_summary(blocks)
-            self._check_summary(summary)
-            if ranks[0] > min(blocks.n_samples, blocks.n_features):
-                raise DNMFValueError(
-                    f"ranks: expected k0 <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)}, found {ranks[0]}"
-                )
-            seed = seed_from(self.random_state)
-            codes, n_classes = self._encode_labels(y)
-            data = blocks
-            As, S_layers, hists, n_iters, reasons = [], [], [], [], []
-            B = None
-            for l, k in enumerate(ranks):
-                last = l == len(ranks) - 1
-                if l > 0:
-                    summ = data_summary(data)
+        blocks, y, info = self._prepare(X, y, groups, observed)
+        g = self._layer_groups(info["groups"], blocks.n_samples)
+        summary = data_summary(blocks)
+        self._check_summary(summary)
+        if ranks[0] > min(blocks.n_samples, blocks.n_features):
+            raise DNMFValueError(
+                f"ranks: expected k0 <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)}, found {ranks[0]}"
+            )
+        seed = seed_from(self.random_state)
+        codes, n_classes = self._encode_labels(y)
+        g_parts, y_parts = blocks.split(g), blocks.split(codes)  # of the current layer's samples
+        data = blocks
+        As, S_layers, hists, n_iters, reasons, inputs = [], [], [], [], [], [blocks.X]
+        B = None
+        for l, k in enumerate(ranks):
+            last = l == len(ranks) - 1
+            summ = summary if l == 0 else data_summary(data)
+            semi = getattr(self, "semi", False) and l == 0
+            if semi:
+                # Semi-NMF: strictly positive random S (zeros would stay zero under the
+                # multiplicative S update) and the least-squares A for it
+                S_blocks, _ = random_init(data, k, seed + l, summ["mean_abs"], data.dtype)
+                _, st0 = map_reduce(_semi_stats_task, list(zip(data.X, S_blocks)), keep_outputs=False)
+                A = semi_update_A(st0["XtS"], st0["StS"], data.dtype)
+            elif self.init == "random":
+                S_blocks, A = random_init(data, k, seed + l, summ["mean"], data.dtype)
+            else:
+                S_blocks, A = nndsvd_init(data, k, seed + l, summ["mean"], data.dtype, variant=self.init)
+            codes_l = None if codes is None else np.concatenate(y_parts)
+            B0 = None
+            if last and n_classes and (codes_l >= 0).any():
+                if self.init_B == "lstsq":
+                    B0 = init_B_lstsq(data, S_blocks, codes_l, n_classes, data.dtype)
                 else:
-                    summ = summary
-                semi = self.semi and l == 0
-                if semi:
-                    # Semi-NMF: strictly positive random S (zeros would stay zero under the
-                    # multiplicative S update) and the least-squares A for it
-                    S_blocks, _ = random_init(data, k, seed + l, summ["mean_abs"], data.dtype)
-                    _, st0 = map_reduce(_semi_stats_task, list(zip(data.X, S_blocks)), keep_outputs=False)
-                    A = semi_update_A(st0["XtS"], st0["StS"], data.dtype)
-                elif self.init == "random":
-                    S_blocks, A = random_init(data, k, seed + l, summ["mean"], data.dtype)
-                else:
-                    S_blocks, A = nndsvd_init(data, k, seed + l, summ["mean"], data.dtype, variant=self.init)
-                B0 = None
-                if last and n_classes:
-                    if self.init_B == "lstsq":
-                        B0 = init_B_lstsq(data, S_blocks, codes, n_classes, data.dtype)
-                    else:
-                        B0 = random_matrix(seed, (n_classes, k), 1.0 / np.sqrt(k), data.dtype, stream=3)
-                log = (lambda msg, l=l: print(f"{type(self).__name__} layer {l}: {msg}")) if self.verbose else None
-                res = fit_mu(data, S_blocks, A, B=B0, y=codes if B0 is not None else None, lam=self.lam if B0 is not None else 0.0,
-                             max_iter=self.max_iter, tol=self.tol, semi=semi, keep_S=True, log=log)
-                As.append(res.A)
-                S_layers.append(res.S_blocks)
-                hists.append(res.history)
-                n_iters.append(res.n_iter)
-                reasons.append(res.stop_reason)
-                B = res.B if B0 is not None else None
-                data = Blocks(res.S_blocks, blocks.offsets, k, data.dtype, False, None, persisted=True)
-            # reconstruction error of every layer, one pass each over X
-            rel = []
-            P = None
-            for l in range(len(ranks)):
-                P = As[0] if l == 0 else P @ As[l]
-                _, st = map_reduce(_recon_task, list(zip(blocks.X, S_layers[l])), keep_outputs=False, P=P)
-                rel.append(float(np.sqrt(st["loss_X"] / st["norm_X"])) if st["norm_X"] > 0 else 0.0)
-            self.A_ = As
-            if B is not None:
-                self.B_ = B
-            self.ranks_ = list(ranks)
-            self.layer_history_ = hists
-            self.history_ = hists[-1]
-            self.layer_n_iter_ = n_iters
-            self.layer_stop_reason_ = reasons
-            self.layer_rel_error_ = rel
-            self.n_iter_ = int(sum(n_iters))
-            self.stop_reason_ = reasons[-1]
+                    B0 = random_matrix(seed, (n_classes, k), 1.0 / np.sqrt(k), data.dtype, stream=3)
+            log = (lambda msg, l=l: print(f"{type(self).__name__} layer {l}: {msg}")) if self.verbose else None
+            res = fit_mu(data, S_blocks, A, B=B0, y=codes_l if B0 is not None else None,
+                         lam=self.lam if B0 is not None else 0.0, max_iter=self.max_iter, tol=self.tol,
+                         semi=semi, keep_S=True, log=log)
+            As.append(res.A)
+            S_layers.append(res.S_blocks)
+            hists.append(res.history)
+            n_iters.append(res.n_iter)
+            reasons.append(res.stop_reason)
+            B = res.B if B0 is not None else None
+            if not last:
+                data, g_parts, y_parts = self._next_input(res.S_blocks, data, k, g_parts, y_parts)
+                inputs.append(data.X)
+        self.A_ = As
+        self.B_ = B
+        self.ranks_ = list(ranks)
+        self.layer_history_ = hists
+        self.history_ = hists[-1]
+        self.layer_n_iter_ = n_iters
+        self.layer_stop_reason_ = reasons
+        self.n_iter_ = int(sum(n_iters))
+        self.stop_reason_ = reasons[-1]
+        self.n_features_in_ = blocks.n_features
+        return {"blocks": blocks, "info": info, "groups": g, "codes": codes, "forward_S": S_layers,
+                "inputs": inputs, "forward_A": list(As), "forward_B": B}
+
+    def _rel_errors(self, blocks, S_layers):
+        """``layer_rel_error_`` and ``reconstruction_err_``: one pass over X per layer."""
+        rel, P, st = [], None, None
+        for l in range(len(self.A_)):
+            P = self.A_[0] if l == 0 else P @ self.A_[l]
+            if S_layers[l] is None:  # e.g. pooled layers with fewer rows than X
+                rel.append(float("nan"))
+                continue
+            _, st = map_reduce(_recon_task, list(zip(blocks.X, S_layers[l])), keep_outputs=False, P=P)
+            rel.append(float(np.sqrt(st["loss_X"] / st["norm_X"])) if st["norm_X"] > 0 else 0.0)
+        self.layer_rel_error_ = rel
+        if st is not None and np.isfinite(rel[-1]):
             self.reconstruction_err_ = rel[-1] * float(np.sqrt(st["norm_X"]))  # ||X − S_L (A0…AL)ᵀ||
-            self.n_features_in_ = blocks.n_features
-            if keep_S:
-                return blocks, info, S_layers
-        return None
+
+    def _fit(self, X, y, *, groups, observed):
+        with scheduler_context(self.scheduler):
+            state = self._fit_layers(X, y, groups=groups, observed=observed)
+            self._rel_errors(state["blocks"], state["forward_S"])
+        return state
 
     # -- using a fitted model --------------------------------------------------------------
     def _check_fitted(self):

@@ -1,0 +1,314 @@
+"""Deep NMF (Flenner & Hunter), distributed: a pooled forward pass and backpropagation.
+
+Forward pass (the paper's Algorithm 2): layer 0 factors X ≈ S0 A0ᵀ; layer l ≥ 1 factors the
+pooled coefficients of the layer below, X(l) = p(S(l−1)) ≈ S(l) A(l)ᵀ, where p is max pooling
+inside groups (documents / clips; see :mod:`dnmf_dask.kernels.pooling`). Every layer is a
+distributed multiplicative-update fit (:func:`~dnmf_dask.parallel.mu.fit_mu`); with labels the last
+layer is semi-supervised (SSNMF, weight ``lam``). Row blocks never split a group, so pooling is a
+per-block task and the S blocks never leave the workers.
+
+Backpropagation (Algorithm 3 / eq. (4) of docs/deep_nmf_math.md): every iteration is one pass over
+the row blocks; each block runs :func:`~dnmf_dask.kernels.deep.backprop_chunk_step` (new S of every
+layer, kept persisted per block, and the A/B statistics), the statistics are summed and the driver
+applies :func:`~dnmf_dask.kernels.deep.apply_backprop_update`.
+
+With ``pool_size`` 0 or 1 and ``backprop_iter=0`` the model is exactly :class:`HierarchicalNMF`.
+"""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+
+from .._validation import check_choice, check_nonneg_float, check_positive_int
+from ..errors import DNMFValueError
+from ..kernels.deep import apply_backprop_update, backprop_chunk_step, energy_parts
+from ..kernels.nnls import nnls_gram
+from ..kernels.pooling import max_pool, pool_labels, pool_windows
+from ..parallel.blocks import Blocks
+from ..parallel.mapreduce import map_reduce
+from ..parallel.scheduler import scheduler_context
+from .hierarchical import HierarchicalNMF, check_ranks
+
+
+def _check_int_min(value, name, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DNMFValueError(f"{name}: expected an integer >= {minimum}, found {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- per-block tasks
+
+def _pool_task(S, g, *, pool_size, stride):
+    P, _, _ = max_pool(S, g, pool_size, stride)
+    return P, {}
+
+
+def _flatten_stats(stats):
+    """Kernel stats (nested) → a flat dict of arrays that ``add_stats`` can sum."""
+    flat = {"energy": np.asarray(stats["energy"], dtype=np.float64)}
+    for l, st in enumerate(stats["A"]):
+        for key, v in st.items():
+            flat[f"A{l}/{key}"] = v
+    if stats.get("B") is not None:
+        for key, v in stats["B"].items():
+            flat[f"B/{key}"] = v
+    return flat
+
+
+def _unflatten_stats(flat, n_layers):
+    A = [{} for _ in range(n_layers)]
+    B = {}
+    for key, v in flat.items():
+        if key.startswith("A"):
+            l, name = key[1:].split("/", 1)
+            A[int(l)][name] = v
+        elif key.startswith("B/"):
+            B[key[2:]] = v
+    return {"A": A, "B": B or None, "energy": flat["energy"]}
+
+
+def _backprop_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+    S_new, stats = backprop_chunk_step(
+        X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
+        B=B, y=y if B is not None else None, lam=lam,
+    )
+    return S_new, _flatten_stats(stats)
+
+
+def _energy_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+    parts = energy_parts(X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
+                         B=B, y=y if B is not None else None, lam=lam)
+    return None, {"energy": parts}
+
+
+def _deep_forward_task(X, g, *, As, layer, pool_size, stride):
+    """Exact forward pass S(0) = q(A0, X), S(l) = q(A(l), p(S(l−1))) of a block, up to ``layer``."""
+    S = X
+    for l, A in enumerate(As[: layer + 1]):
+        if l > 0:
+            S, _, g = max_pool(S, g, pool_size, stride)
+        A = A.astype(np.float64)
+        C = np.asarray(S @ A)
+        S = nnls_gram(A.T @ A, C)
+    return S, {}
+
+
+def _pooled_groups(g, pool_size, stride):
+    """Groups (and the pooling windows) of the pooled samples of one block."""
+    _, _, out = pool_windows(g, pool_size, stride)
+    return np.asarray(out)
+
+
+class DeepNMF(HierarchicalNMF):
+    """Deep NMF with max pooling inside groups and backpropagation (Flenner & Hunter), distributed.
+
+    Parameters
+    ----------
+    ranks : sequence of int (k0, k1, …, kL)
+        Topics per layer.
+    pool_size : int, default 0
+        Max pooling window between layers (0 or 1 = none). Needs ``groups`` (or a Corpus with groups)
+        when > 1; a window never crosses a group.
+    stride : int, default 1
+        1 = the paper's centred sliding window (sample count unchanged); 1 < stride <= pool_size =
+        windows anchored at each group's start (fewer samples in deeper layers; their labels are
+        pooled with :func:`~dnmf_dask.kernels.pooling.pool_labels`).
+    lam : float, default 1.0
+        Weight of the label term on the last layer when ``fit`` gets labels.
+    backprop_iter : int, default 0
+        Iterations of backpropagation (Algorithm 3) after the forward pass.
+    init_B : {'lstsq', 'random'}, default 'lstsq'
+        Start of the classifier, as in :class:`HierarchicalNMF`.
+    init, max_iter, tol, random_state, chunk_rows, scheduler, persist, verbose
+        As for :class:`HierarchicalNMF` (``max_iter`` per forward layer; ``tol`` also stops the
+        backpropagation on |ΔE|/E).
+
+    Attributes
+    ----------
+    A_, B_, classes_, layer_history_, layer_n_iter_, layer_stop_reason_ : as in HierarchicalNMF
+    history_ : backpropagation history, per iteration: ``energy`` (E at the new S and the A, B of
+        that iteration), ``energy_layers`` (array (L+1,) of the per-layer reconstruction terms),
+        ``loss_Y`` (the label term lam/2||L⊙(Y − S_L Bᵀ)||²) and ``rel_change`` (|ΔE|/E); plus
+        ``energy_final`` (one number: E at the final S, A, B). Without backpropagation it is the last
+        forward layer's history (as in HierarchicalNMF).
+    n_iter_, stop_reason_ : backpropagation iterations and why it stopped ('tol' / 'max_iter');
+        the forward layers' sum and the last layer's reason when ``backprop_iter=0``.
+    layer_rel_error_ : ||X − S_l (A0…Al)ᵀ|| / ||X|| per layer (NaN for l ≥ 1 when stride > 1)
+    """
+
+    def __init__(self, ranks=(10, 5), *, pool_size=0, stride=1, lam=1.0, backprop_iter=0, init="nndsvda",
+                 init_B="lstsq", max_iter=200, tol=1e-4, random_state=None, chunk_rows=None, scheduler=None,
+                 persist="auto", verbose=0):
+        self.ranks = ranks
+        self.pool_size = pool_size
+        self.stride = stride
+        self.lam = lam
+        self.backprop_iter = backprop_iter
+        self.init = init
+        self.init_B = init_B
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.chunk_rows = chunk_rows
+        self.scheduler = scheduler
+        self.persist = persist
+        self.verbose = verbose
+
+    semi = False  # HierarchicalNMF machinery reads it; deep NMF is nonnegative throughout
+
+    @property
+    def _allow_negative(self):
+        return False
+
+    def _validate_params(self):
+        ranks = check_ranks(self.ranks)
+        check_nonneg_float(self.lam, "lam")
+        check_choice(self.init, "init", ("random", "nndsvd", "nndsvda"))
+        check_choice(self.init_B, "init_B", ("lstsq", "random"))
+        check_positive_int(self.max_iter, "max_iter")
+        check_nonneg_float(self.tol, "tol")
+        check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
+        pool_size = _check_int_min(self.pool_size, "pool_size", 0)
+        stride = _check_int_min(self.stride, "stride", 1)
+        if pool_size <= 1 and stride != 1:
+            raise DNMFValueError(f"stride: expected 1 when pool_size is {pool_size} (no pooling), found {stride}")
+        if stride > max(pool_size, 1):
+            raise DNMFValueError(f"stride: expected an integer in [1, pool_size={pool_size}], found {stride}")
+        _check_int_min(self.backprop_iter, "backprop_iter", 0)
+        return ranks
+
+    @property
+    def _pooling(self):
+        return int(self.pool_size) > 1
+
+    def fit(self, X, y=None, *, groups=None, observed=None):
+        """Forward pass layer by layer, then ``backprop_iter`` iterations of backpropagation.
+
+        ``y`` (-1 = unlabeled) makes the last layer semi-supervised; ``groups`` (contiguous ids, one
+        per sample; taken from a Corpus if not given) bound the pooling windows.
+        """
+        self._fit_deep(X, y, groups=groups, observed=observed)
+        return self
+
+    # -- hooks into HierarchicalNMF's forward pass -------------------------------------------
+    def _layer_groups(self, g, n_samples):
+        if self._pooling and g is None:
+            raise DNMFValueError(
+                f"groups: expected group ids (one per sample, or a Corpus with groups) when pool_size={self.pool_size} > 1, "
+                "found None (pooling never crosses a group; pass np.zeros(n, int) for one group)"
+            )
+        return np.zeros(n_samples, dtype=np.int64) if g is None else g
+
+    def _next_input(self, S_blocks, data, k, g_parts, y_parts):
+        """X(l+1) = p(S(l)): group-bounded max pooling of every block (blocks hold whole groups)."""
+        if not self._pooling:
+            return super()._next_input(S_blocks, data, k, g_parts, y_parts)
+        pool_size, stride = int(self.pool_size), int(self.stride)
+        pooled, _ = map_reduce(_pool_task, list(zip(S_blocks, g_parts)), pool_size=pool_size, stride=stride)
+        if stride > 1:
+            new_g = [_pooled_groups(gp, pool_size, stride) for gp in g_parts]
+            if y_parts[0] is not None:
+                y_parts = [pool_labels(yp, gp, pool_size, stride) for yp, gp in zip(y_parts, g_parts)]
+            g_parts = new_g
+        offsets = np.r_[0, np.cumsum([len(gp) for gp in g_parts])].astype(np.int64)
+        return Blocks(pooled, offsets, k, data.dtype, False, None, persisted=True), g_parts, y_parts
+
+    # -- fitting ---------------------------------------------------------------------------
+    def _fit_deep(self, X, y, *, groups, observed, debug=False):
+        pool_size, stride = int(self.pool_size), int(self.stride)
+        with scheduler_context(self.scheduler):
+            state = self._fit_layers(X, y, groups=groups, observed=observed)
+            blocks, g, codes = state["blocks"], state["groups"], state["codes"]
+            S_final = state["forward_S"]
+            if self.backprop_iter > 0:
+                S_final = self._backprop(blocks, g, codes, S_final, pool_size, stride)
+            # layers after a strided pooling have fewer rows than X: no reconstruction error there
+            self._rel_errors(blocks, [S if (l == 0 or stride <= 1) else None for l, S in enumerate(S_final)])
+            if debug:
+                state["S"] = S_final
+                return state
+        return None
+
+    def _backprop(self, blocks, g, codes, S_layers, pool_size, stride):
+        L1 = len(self.A_)
+        B = self.B_
+        lam = float(self.lam) if B is not None else 0.0
+        W_parts = blocks.W or [None] * blocks.n_blocks
+        y_parts = blocks.split(codes) if B is not None else [None] * blocks.n_blocks
+        g_parts = blocks.split(g)
+        S_blocks = [list(s) for s in zip(*S_layers)]  # per block: [S0_i, S1_i, ...] (Delayed)
+        As = list(self.A_)
+        hist = {"energy": [], "energy_layers": [], "loss_Y": [], "rel_change": []}
+        stop_reason, n_iter = "max_iter", 0
+        for it in range(1, int(self.backprop_iter) + 1):
+            per_block = list(zip(blocks.X, W_parts, y_parts, g_parts, S_blocks))
+            S_blocks, st = map_reduce(_backprop_task, per_block, As=dask.delayed(As), B=B, lam=lam,
+                                      pool_size=pool_size, stride=stride)
+            stats = _unflatten_stats(st, L1)
+            As, B = apply_backprop_update(As, B, stats)
+            parts = np.asarray(stats["energy"], dtype=np.float64)
+            E = float(parts.sum())
+            hist["energy"].append(E)
+            hist["energy_layers"].append(parts[:L1].copy())
+            hist["loss_Y"].append(float(parts[L1]))
+            prev = hist["energy"][-2] if len(hist["energy"]) > 1 else np.nan
+            rel = abs(prev - E) / abs(E) if (np.isfinite(prev) and E != 0) else np.nan
+            hist["rel_change"].append(float(rel))
+            n_iter = it
+            if self.verbose:
+                print(f"{type(self).__name__} backprop {it}: energy {E:.6g}")
+            if self.tol > 0 and np.isfinite(rel) and rel <= self.tol:
+                stop_reason = "tol"
+                break
+        per_block = list(zip(blocks.X, W_parts, y_parts, g_parts, S_blocks))
+        _, st = map_reduce(_energy_task, per_block, keep_outputs=False, As=dask.delayed(As), B=B, lam=lam,
+                           pool_size=pool_size, stride=stride)
+        hist["energy_final"] = float(np.sum(st["energy"]))
+        self.A_ = As
+        self.B_ = B
+        self.history_ = hist
+        self.n_iter_ = n_iter
+        self.stop_reason_ = stop_reason
+        # per layer, the S blocks as separate Delayed objects
+        return [[sb[l] for sb in S_blocks] for l in range(L1)]
+
+    # -- using a fitted model --------------------------------------------------------------
+    def transform(self, X, *, layer=-1, groups=None):
+        """S(layer) by the exact forward pass S(0) = q(A0, X), S(l) = q(A(l), p(S(l−1))) (NNLS).
+
+        With ``stride > 1`` layers l ≥ 1 have fewer samples (one per pooling window).
+        """
+        if not self._pooling:
+            return super().transform(X, layer=layer, groups=groups)
+        self._check_fitted()
+        L = len(self.A_)
+        if not -L <= layer < L:
+            raise DNMFValueError(f"layer: expected an integer in [-{L}, {L - 1}], found {layer}")
+        layer = layer % L
+        pool_size, stride = int(self.pool_size), int(self.stride)
+        with scheduler_context(self.scheduler):
+            blocks, _, info = self._prepare(X, None, groups, None)
+            if blocks.n_features != self.n_features_in_:
+                raise DNMFValueError(f"X: expected {self.n_features_in_} features (as in fit), found {blocks.n_features}")
+            g = info["groups"]
+            if g is None and layer > 0:
+                raise DNMFValueError(
+                    f"groups: expected group ids (one per sample) to pool between layers (pool_size={pool_size}), found None"
+                )
+            if g is None:
+                g = np.zeros(blocks.n_samples, dtype=np.int64)
+            g_parts = blocks.split(g)
+            As = dask.delayed(list(self.A_))
+            parts, _ = map_reduce(_deep_forward_task, list(zip(blocks.X, g_parts)), As=As, layer=layer,
+                                  pool_size=pool_size, stride=stride)
+            k = self.A_[layer].shape[1]
+            out_blocks = blocks
+            if stride > 1 and layer > 0:
+                sizes = []
+                for gp in g_parts:
+                    for _ in range(layer):
+                        gp = _pooled_groups(gp, pool_size, stride)
+                    sizes.append(len(gp))
+                out_blocks = Blocks(parts, np.r_[0, np.cumsum(sizes)].astype(np.int64), k, np.dtype(np.float64), False)
+            return self._gather(out_blocks, parts, k, np.float64, info["kind"])
