@@ -59,3 +59,25 @@ def atomic_directory(path, *, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def open_store(path, fmt: str, version: int):
+    """Open the zarr group of a dnmf store read-only and check its format marker and version.
+
+    Returns ``(root group, attrs dict, Path)``; raises :class:`StoreError` naming what is wrong.
+    """
+    import zarr
+
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"path: expected a {fmt} store, found nothing at {str(p)!r}")
+    try:
+        root = zarr.open_group(str(p), mode="r")
+    except Exception as e:
+        raise StoreError(f"path: expected a zarr {fmt} store, found an unreadable folder {str(p)!r} ({e})") from None
+    a = dict(root.attrs)
+    if a.get("dnmf_format") != fmt:
+        raise StoreError(f"path: expected a dnmf {fmt} store, found dnmf_format={a.get('dnmf_format')!r} at {str(p)!r}")
+    if a.get("format_version") != version:
+        raise StoreError(f"path: expected {fmt} format_version {version}, found {a.get('format_version')!r} at {str(p)!r}")
+    return root, a, p

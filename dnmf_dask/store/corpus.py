@@ -31,7 +31,7 @@ import zarr
 
 from .._validation import check_groups, check_labels, check_matrix
 from ..errors import DNMFValueError, StoreError
-from .atomic import atomic_directory
+from .atomic import atomic_directory, open_store
 
 FORMAT = "corpus"
 FORMAT_VERSION = 1
@@ -316,20 +316,7 @@ def open_corpus(path) -> Corpus:
     Metadata is validated eagerly (format, version, block shapes, per-sample arrays); block data
     is read lazily, one task per block.
     """
-    p = Path(path)
-    if not p.exists():
-        raise StoreError(f"path: expected a corpus store, found nothing at {str(p)!r}")
-    try:
-        root = zarr.open_group(str(p), mode="r")
-    except Exception as e:
-        raise StoreError(f"path: expected a zarr corpus store, found an unreadable folder {str(p)!r} ({e})") from None
-    a = dict(root.attrs)
-    if a.get("dnmf_format") != FORMAT:
-        raise StoreError(f"path: expected a dnmf corpus store, found dnmf_format={a.get('dnmf_format')!r} at {str(p)!r}")
-    if a.get("format_version") != FORMAT_VERSION:
-        raise StoreError(
-            f"path: expected corpus format_version {FORMAT_VERSION}, found {a.get('format_version')!r} at {str(p)!r}"
-        )
+    root, a, p = open_store(path, FORMAT, FORMAT_VERSION)
     n, f, sparse, dtype = a["n_samples"], a["n_features"], a["sparse"], np.dtype(a["dtype"])
     offsets = np.asarray(a["row_offsets"], dtype=np.int64)
     if offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) <= 0):

@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from ..errors import DNMFValueError, StoreError
-from .atomic import atomic_directory
+from .atomic import atomic_directory, open_store
 
 FORMAT = "model"
 FORMAT_VERSION = 1
@@ -102,18 +102,7 @@ def save_model(model, path, *, data=None, feature_names=None, overwrite=False):
 
 def load_model(path):
     """Read an estimator written by :func:`save_model`; returns it fitted."""
-    p = Path(path)
-    if not p.exists():
-        raise StoreError(f"path: expected a model store, found nothing at {str(p)!r}")
-    try:
-        root = zarr.open_group(str(p), mode="r")
-    except Exception as e:
-        raise StoreError(f"path: expected a zarr model store, found an unreadable folder {str(p)!r} ({e})") from None
-    a = dict(root.attrs)
-    if a.get("dnmf_format") != FORMAT:
-        raise StoreError(f"path: expected a dnmf model store, found dnmf_format={a.get('dnmf_format')!r} at {str(p)!r}")
-    if a.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"path: expected model format_version {FORMAT_VERSION}, found {a.get('format_version')!r}")
+    root, a, p = open_store(path, FORMAT, FORMAT_VERSION)
     reg = _registry()
     if a.get("class") not in reg:
         raise StoreError(f"model {str(p)!r}: unknown class {a.get('class')!r}, expected one of {sorted(reg)}")
