@@ -235,3 +235,20 @@ def test_lstsq_B_start_is_nnls_of_labeled_rows(rng):
     for cls in range(c):
         ref, _ = scipy_nnls(S[lab], (y[lab] == cls).astype(float))
         np.testing.assert_allclose(B[cls], ref, rtol=1e-8, atol=1e-12)
+
+
+def test_float32_and_zero_rows_columns(rng):
+    X = rng.random((80, 20))
+    X[:5] = 0  # all-zero samples
+    X[:, :3] = 0  # all-zero features
+    a = dd.NMF(4, max_iter=60, tol=0, random_state=0, init="random", scheduler="threads").fit(X)
+    b = dd.NMF(4, max_iter=60, tol=0, random_state=0, init="random", scheduler="threads").fit(X.astype(np.float32))
+    assert b.A_[0].dtype == np.float32 and a.A_[0].dtype == np.float64
+    for m in (a, b):
+        assert np.all(np.isfinite(m.A_[0])) and m.A_[0].min() >= 0
+        assert np.all(m.A_[0][:3] == 0)  # zero features keep zero loadings, no 0/0
+    S = b.transform(X.astype(np.float32))
+    assert S.dtype == np.float32 and np.all(np.isfinite(S)) and np.all(S[:5] == 0)
+    np.testing.assert_allclose(b.A_[0], a.A_[0], rtol=2e-3, atol=1e-5)
+    Xi = (X * 10).astype(np.int64)  # integers are converted to float64
+    assert dd.NMF(2, max_iter=5, scheduler="threads").fit(Xi).A_[0].dtype == np.float64
