@@ -36,15 +36,15 @@ RANKS = {1: (9,), 2: (9, 4), 3: (9, 4, 2)}
 
 
 def _models(ranks, seed, epochs):
-    out = {"hier. NMF": dd.HierarchicalNMF(ranks, max_iter=500, tol=1e-6, random_state=seed, scheduler="threads")}
+    out = {"hier. NMF": dd.HierarchicalNMF(ranks, max_iter=500, tol=1e-6, random_state=seed, scheduler="synchronous")}
     try:
         from dnmf_dask.models.deep import DeepNMF
 
         out["Deep NMF"] = DeepNMF(ranks, pool_size=0, backprop_iter=100, max_iter=500, tol=1e-6, random_state=seed,
-                                  scheduler="threads")
+                                  scheduler="synchronous")
     except ImportError:  # pragma: no cover
         pass
-    out["Neural NMF"] = dd.NeuralNMF(ranks, epochs=epochs, tol=1e-7, random_state=seed, scheduler="threads")
+    out["Neural NMF"] = dd.NeuralNMF(ranks, epochs=epochs, tol=1e-7, random_state=seed, scheduler="synchronous")
     return out
 
 
