@@ -25,6 +25,9 @@ from .hierarchical import HierarchicalNMF, check_ranks
 ARMIJO_SIGMA = 1e-4
 ARMIJO_SHRINK = 0.5
 ARMIJO_MAX_TRIALS = 30
+#: with step_scaling='block', no factor moves by more than this fraction of its norm in one step
+#: (larger steps zero whole columns by projection and make the NNLS layers rank-deficient)
+MAX_RELATIVE_STEP = 0.25
 
 
 def _cost_grad_task(X, y, *, As, B, lam, cost):
@@ -62,6 +65,9 @@ class NeuralNMF(HierarchicalNMF):
     tol : float — stop when the relative decrease of the cost is below tol (pgd)
     init : {'hierarchical', 'random'} — start from a HierarchicalNMF fit (default) or random A
     init_max_iter : int — iterations per layer of the hierarchical initialisation
+    step_scaling : {'block', 'none'} — pgd search direction: every factor's gradient scaled to
+        the factor's norm (a block-diagonal positive scaling, still a descent direction), or the
+        plain gradient with one step for all factors
     learning_rate, decay, batch_size : sgd settings (batch_size sets the rows per block for
         in-memory X; dask/corpus inputs use their blocks)
 
@@ -75,8 +81,8 @@ class NeuralNMF(HierarchicalNMF):
     """
 
     def __init__(self, ranks=(9, 4), *, lam=1.0, cost="reconstruction", solver="pgd", epochs=100, tol=1e-6,
-                 init="hierarchical", init_max_iter=200, learning_rate=1e-3, decay=0.0, batch_size=None,
-                 random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
+                 init="hierarchical", init_max_iter=200, step_scaling="block", learning_rate=1e-3, decay=0.0,
+                 batch_size=None, random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
         self.ranks = ranks
         self.lam = lam
         self.cost = cost
@@ -85,6 +91,7 @@ class NeuralNMF(HierarchicalNMF):
         self.tol = tol
         self.init = init
         self.init_max_iter = init_max_iter
+        self.step_scaling = step_scaling
         self.learning_rate = learning_rate
         self.decay = decay
         self.batch_size = batch_size
@@ -96,9 +103,17 @@ class NeuralNMF(HierarchicalNMF):
 
     _allow_negative = False
 
+    def _direction(self, F, g):
+        """Search direction of one factor: its gradient, scaled to the factor's size ('block')."""
+        if self.step_scaling != "block":
+            return g
+        gn = np.linalg.norm(g)
+        return g * (max(np.linalg.norm(F), 1e-12) / gn) if gn > 0 else g
+
     def _validate_params(self):
         ranks = check_ranks(self.ranks)
         check_nonneg_float(self.lam, "lam")
+        check_choice(self.step_scaling, "step_scaling", ("block", "none"))
         check_choice(self.cost, "cost", ("reconstruction", "layerwise"))
         check_choice(self.solver, "solver", ("pgd", "sgd"))
         check_choice(self.init, "init", ("hierarchical", "random"))
@@ -173,17 +188,21 @@ class NeuralNMF(HierarchicalNMF):
             record(st, 0.0)
             stop_reason, n_iter = "max_iter", 0
             if self.solver == "pgd":
-                t = 1.0 / max(np.sqrt(sum(np.sum(st[f"gA{l}"] ** 2) for l in range(L))), 1e-300)
+                # per-variable scaling: each factor moves relative to its own size, so that B and
+                # the deep factors are not frozen by the step the large A0 gradient allows
+                t = 0.1 if self.step_scaling == "block" else 1.0 / max(
+                    np.sqrt(sum(np.sum(st[f"gA{l}"] ** 2) for l in range(L))), 1e-300)
                 for it in range(1, self.epochs + 1):
-                    grads = [st[f"gA{l}"] for l in range(L)]
-                    gB = st.get("gB")
+                    grads = [self._direction(A, st[f"gA{l}"]) for l, A in enumerate(As)]
+                    gB = None if B is None else self._direction(B, st["gB"])
+                    raw = [st[f"gA{l}"] for l in range(L)] + ([st["gB"]] if B is not None else [])
                     accepted = False
                     for _ in range(ARMIJO_MAX_TRIALS):
                         As_new = [np.maximum(A - t * g, 0.0) for A, g in zip(As, grads)]
                         B_new = None if B is None else np.maximum(B - t * gB, 0.0)
-                        decrease = sum(np.sum(g * (A - An)) for g, A, An in zip(grads, As, As_new))
-                        if B is not None:
-                            decrease += np.sum(gB * (B - B_new))
+                        olds = As + ([B] if B is not None else [])
+                        news = As_new + ([B_new] if B is not None else [])
+                        decrease = sum(np.sum(g * (F - Fn)) for g, F, Fn in zip(raw, olds, news))
                         st_new = evaluate(As_new, B_new)
                         if st_new["cost"] <= st["cost"] - ARMIJO_SIGMA * decrease:
                             accepted = True
@@ -199,6 +218,8 @@ class NeuralNMF(HierarchicalNMF):
                     if self.verbose:
                         print(f"NeuralNMF iteration {it}: cost {st['cost']:.6g} rel_error {hist['rel_error'][-1]:.4f} step {t:.3g}")
                     t *= 2.0  # try a longer step next time
+                    if self.step_scaling == "block":
+                        t = min(t, MAX_RELATIVE_STEP)
                     if self.tol > 0 and prev - st["cost"] <= self.tol * abs(prev):
                         stop_reason = "tol"
                         break
