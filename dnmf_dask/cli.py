@@ -85,18 +85,32 @@ def _load_array_file(path):
 
 
 # -- fit / predict --------------------------------------------------------------------------
-MODELS = ("nmf", "ssnmf")
+MODELS = ("nmf", "ssnmf", "hierarchical", "deep", "neural")
+
+
+def _ranks(text):
+    try:
+        ranks = tuple(int(r) for r in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 20,5, found {text!r}") from None
+    return ranks
 
 
 def _make_model(args):
     from . import models
 
-    common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed, init=args.init)
+    ranks = args.ranks or (args.rank,)
+    common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed)
     if args.model == "nmf":
-        return models.NMF(args.rank, **common)
+        return models.NMF(ranks[0], init=args.init, **common)
     if args.model == "ssnmf":
-        return models.SSNMF(args.rank, lam=args.lam, **common)
-    raise AssertionError(args.model)
+        return models.SSNMF(ranks[0], lam=args.lam, init=args.init, **common)
+    if args.model == "hierarchical":
+        return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, **common)
+    if args.model == "deep":
+        return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
+                              backprop_iter=args.backprop_iter, **common)
+    return models.NeuralNMF(ranks, lam=args.lam, epochs=args.max_iter, tol=args.tol, random_state=args.seed)
 
 
 def cmd_fit(args):
@@ -111,8 +125,9 @@ def cmd_fit(args):
         model.fit(corpus)
     dt = time.time() - t0
     save_model(model, args.out, feature_names=corpus.feature_names, data={"corpus": str(corpus.path), "attrs": corpus.attrs.get("provenance", {})}, overwrite=args.overwrite)
+    rel = getattr(model, "layer_rel_error_", None) or model.history_.get("rel_error")
     print(f"fitted {type(model).__name__} in {dt:.1f}s: n_iter_={model.n_iter_} stop_reason_={model.stop_reason_} "
-          f"rel_error={model.history_['rel_error'][-1]:.4f}; wrote {args.out}")
+          f"rel_error={rel[-1]:.4f}; wrote {args.out}")
     return model
 
 
@@ -211,10 +226,13 @@ def build_parser():
     pf.add_argument("corpus", help="corpus store (from dnmf ingest)")
     pf.add_argument("out", help="model store to write (a folder, e.g. model.zarr)")
     pf.add_argument("--model", choices=MODELS, default="ssnmf")
-    pf.add_argument("--rank", "-k", type=int, default=20, help="number of topics k")
+    pf.add_argument("--rank", "-k", type=int, default=20, help="number of topics k (one-layer models)")
+    pf.add_argument("--ranks", type=_ranks, default=None, help="topics per layer, e.g. 20,5 (hierarchical, deep, neural)")
+    pf.add_argument("--pool-size", type=int, default=0, help="deep: max pooling window over consecutive samples of a group (0 = none)")
+    pf.add_argument("--backprop-iter", type=int, default=0, help="deep: backpropagation iterations after the forward pass")
     pf.add_argument("--lam", type=float, default=1.0, help="weight of the label term (SSNMF)")
     pf.add_argument("--init", default="nndsvda", choices=("random", "nndsvd", "nndsvda"))
-    pf.add_argument("--max-iter", type=int, default=200)
+    pf.add_argument("--max-iter", type=int, default=200, help="iterations (per layer; neural: epochs)")
     pf.add_argument("--tol", type=float, default=1e-4)
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--overwrite", action="store_true")

@@ -73,3 +73,17 @@ def test_model_store_round_trip(tmp_path, rng):
             np.testing.assert_array_equal(m2.predict(X), m.predict(X))
     with pytest.raises(StoreError, match="model store"):
         load_model(tmp_path / "nope.zarr")
+
+
+@pytest.mark.parametrize("model, extra", [("hierarchical", ["--ranks", "4,2"]), ("deep", ["--ranks", "4,2", "--pool-size", "3", "--backprop-iter", "3"]),
+                                          ("neural", ["--ranks", "4,2"])])
+def test_fit_multilayer_models(tmp_path, rng, model, extra):
+    p, X, y = _npz(tmp_path, rng)
+    assert main(["ingest", "npz", str(tmp_path / "c.zarr"), "--input", str(p), "--label-fraction", "0.5", "--chunk-rows", "16"]) == 0
+    assert main(["fit", str(tmp_path / "c.zarr"), str(tmp_path / "m.zarr"), "--model", model, "--max-iter", "10",
+                 "--scheduler", "threads", *extra]) == 0
+    m = load_model(tmp_path / "m.zarr")
+    assert [A.shape for A in m.A_] == [(12, 4), (4, 2)]
+    with pytest.raises(SystemExit) as exc:  # argparse rejects the value: exit code 2, nothing written
+        main(["fit", str(tmp_path / "c.zarr"), str(tmp_path / "m2.zarr"), "--model", model, "--ranks", "4,x"])
+    assert exc.value.code == 2 and not (tmp_path / "m2.zarr").exists()
