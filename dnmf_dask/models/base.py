@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 
-from .._validation import check_labels
+from .._validation import check_labels, check_nonneg_float, check_positive_int
 from ..errors import ConvergenceWarning, DNMFValueError
 from ..parallel.blocks import Blocks, as_blocks
 from ..parallel.mapreduce import map_reduce
@@ -77,6 +77,14 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
 
     #: whether negative data is allowed (Semi-NMF)
     _allow_negative = False
+
+    def _validate_common(self):
+        """Checks of the parameters every MU-based estimator has (max_iter, tol, chunk_rows, persist)."""
+        check_positive_int(self.max_iter, "max_iter")
+        check_nonneg_float(self.tol, "tol")
+        check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
+        if self.persist not in ("auto", True, False):
+            raise DNMFValueError(f"persist: expected 'auto', True or False, found {self.persist!r}")
 
     def _prepare(self, X, y=None, groups=None, observed=None, *, need_labels=False):
         """Validate input and build row blocks. Returns (blocks, y or None, info)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dask
 import numpy as np
 
-from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.deep import apply_backprop_update, backprop_chunk_step, energy_parts
 from ..kernels.nnls import nnls_gram
@@ -28,7 +27,7 @@ from ..kernels.pooling import max_pool, pool_labels, pool_windows
 from ..parallel.blocks import Blocks
 from ..parallel.mapreduce import map_reduce
 from ..parallel.scheduler import scheduler_context
-from .hierarchical import HierarchicalNMF, check_ranks
+from .hierarchical import HierarchicalNMF
 
 
 def _check_int_min(value, name, minimum):
@@ -162,13 +161,7 @@ class DeepNMF(HierarchicalNMF):
         return False
 
     def _validate_params(self):
-        ranks = check_ranks(self.ranks)
-        check_nonneg_float(self.lam, "lam")
-        check_choice(self.init, "init", ("random", "nndsvd", "nndsvda"))
-        check_choice(self.init_B, "init_B", ("lstsq", "random"))
-        check_positive_int(self.max_iter, "max_iter")
-        check_nonneg_float(self.tol, "tol")
-        check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
+        ranks = super()._validate_params()  # ranks, lam, init, init_B and the common ones
         pool_size = _check_int_min(self.pool_size, "pool_size", 0)
         stride = _check_int_min(self.stride, "stride", 1)
         if pool_size <= 1 and stride != 1:

@@ -113,9 +113,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         check_nonneg_float(self.lam, "lam")
         check_choice(self.init, "init", ("random", "nndsvd", "nndsvda"))
         check_choice(self.init_B, "init_B", ("lstsq", "random"))
-        check_positive_int(self.max_iter, "max_iter")
-        check_nonneg_float(self.tol, "tol")
-        check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
+        self._validate_common()
         return ranks
 
     def _encode_labels(self, y):

@@ -101,12 +101,8 @@ class NMF(BaseFactorization):
     def _validate_params(self):
         check_positive_int(self.n_components, "n_components")
         check_choice(self.init, "init", ("random", "nndsvd", "nndsvda", "custom"))
-        check_positive_int(self.max_iter, "max_iter")
-        check_nonneg_float(self.tol, "tol")
-        check_positive_int(self.chunk_rows, "chunk_rows", allow_none=True)
+        self._validate_common()
         check_positive_int(self.transform_max_iter, "transform_max_iter")
-        if self.persist not in ("auto", True, False):
-            raise DNMFValueError(f"persist: expected 'auto', True or False, found {self.persist!r}")
         lam = getattr(self, "lam", 0.0)
         check_nonneg_float(lam, "lam")
         if hasattr(self, "init_B"):
