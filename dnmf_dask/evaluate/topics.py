@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import DNMFTypeError, DNMFValueError
+from .metrics import _dense_2d
 
 __all__ = [
     "top_words",
@@ -30,16 +31,7 @@ __all__ = [
 
 
 def _dense_nonneg(A, name) -> np.ndarray:
-    if sp.issparse(A):
-        A = A.toarray()
-    elif hasattr(A, "compute") and not isinstance(A, np.ndarray):
-        A = A.compute()
-    arr = np.asarray(A)
-    if arr.dtype.kind not in "iuf" or arr.dtype.kind == "b":
-        raise DNMFTypeError(f"{name}: expected a numeric matrix, found dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise DNMFValueError(f"{name}: expected a 2-D matrix, found shape {arr.shape}")
-    arr = arr.astype(np.float64, copy=False)
+    arr = _dense_2d(A, name)
     if not np.all(np.isfinite(arr)):
         raise DNMFValueError(f"{name}: expected finite values, found NaN or inf")
     if arr.size and arr.min() < 0:

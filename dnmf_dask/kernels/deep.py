@@ -84,6 +84,18 @@ def _check_X(X, name="X"):
     return X
 
 
+def _default_groups(groups, n, pool_size):
+    """``groups`` as given, or one group for the block when there is no pooling."""
+    if groups is not None:
+        return groups
+    if pool_size not in (0, 1):
+        raise DNMFValueError(
+            "groups: expected an int vector (n,) of group ids when pool_size > 1, found None "
+            "(pass np.zeros(n, int) to pool the whole block as one group)"
+        )
+    return np.zeros(n, dtype=np.int64)
+
+
 def _check_dense(M, name, shape=None):
     if sp.issparse(M):
         raise DNMFTypeError(f"{name}: expected a dense numpy array, found a sparse matrix")
@@ -279,13 +291,7 @@ def layer_inputs(X, S_list, groups=None, pool_size=0, stride=1, keep_size=False,
     """
     X = _check_X(X)
     n = X.shape[0]
-    if groups is None:
-        if pool_size not in (0, 1):
-            raise DNMFValueError(
-                "groups: expected an int vector (n,) of group ids when pool_size > 1, found None "
-                "(pass np.zeros(n, int) to pool the whole block as one group)"
-            )
-        groups = np.zeros(n, dtype=np.int64)
+    groups = _default_groups(groups, n, pool_size)
     out = [LayerInput(X, np.asarray(groups), None, None if y is None else np.asarray(y))]
     for l in range(len(S_list) - 1):
         prev = out[-1]
@@ -509,13 +515,7 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
     L = len(A_list) - 1
     X = _check_X(X)
     n = X.shape[0]
-    if groups is None:
-        if pool_size not in (0, 1):
-            raise DNMFValueError(
-                "groups: expected an int vector (n,) of group ids when pool_size > 1, found None "
-                "(pass np.zeros(n, int) to pool the whole block as one group)"
-            )
-        groups = np.zeros(n, dtype=np.int64)
+    groups = _default_groups(groups, n, pool_size)
     W0 = _check_observed(observed, X.shape)
     S_new = list(S_list)
     Xl, gl, yl = X, np.asarray(groups), (None if y is None else np.asarray(y))
