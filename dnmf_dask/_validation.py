@@ -1,12 +1,14 @@
 """Input checks shared by the store, the estimators and the CLI (one place, one message style).
 
 Dtype rule: float32 and float64 are kept; integer, unsigned and boolean data become float64;
-float16 becomes float32; anything else (object, complex, strings) is rejected.
+float16 becomes float32; object arrays whose entries are all real numbers become float64 (as in
+scikit-learn); anything else (strings, complex, object arrays holding other things) is rejected.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -15,7 +17,7 @@ import scipy.sparse as sp
 from .errors import DNMFTypeError, DNMFValueError
 
 
-def float_dtype(dtype) -> np.dtype:
+def float_dtype(dtype, name="X") -> np.dtype:
     """The floating dtype data of ``dtype`` is converted to (see module docstring)."""
     dtype = np.dtype(dtype)
     if dtype in (np.float32, np.float64):
@@ -24,11 +26,34 @@ def float_dtype(dtype) -> np.dtype:
         return np.dtype(np.float32)
     if dtype.kind in "iub":
         return np.dtype(np.float64)
-    raise DNMFTypeError(f"X: expected a numeric (integer or floating) dtype, found {dtype}")
+    if dtype.kind == "c":  # a value error in scikit-learn's convention ("Complex data not supported")
+        raise DNMFValueError(f"{name}: expected real (integer or floating) values, found dtype {dtype} (Complex data not supported)")
+    raise DNMFTypeError(f"{name}: expected a numeric (integer or floating) dtype, found {dtype}")
 
 
-def _kind(X) -> str:
-    return "dask array" if isinstance(X, da.Array) else "sparse matrix" if sp.issparse(X) else type(X).__name__
+def check_not_empty(shape, name="X"):
+    """Raise unless ``shape`` (n_samples, n_features) has at least one sample and one feature."""
+    n, f = shape
+    if n == 0 or f == 0:
+        what = f"0 sample(s) (shape={tuple(shape)})" if n == 0 else f"0 feature(s) (shape={tuple(shape)})"
+        raise DNMFValueError(f"{name}: expected at least one sample and one feature, found {what} while a minimum of 1 is required.")
+
+
+def _object_to_float(arr, name):
+    """An object array of real numbers as float64; strings, None, dicts ... are a DNMFTypeError."""
+    for v in arr.flat:
+        if not isinstance(v, numbers.Real):
+            raise DNMFTypeError(
+                f"{name}: expected an object array of real numbers, found an entry of type {type(v).__name__} "
+                "(every argument must be a real number; a string or any other non-numeric object is not a number)"
+            )
+    return arr.astype(np.float64)
+
+
+def _reshape_hint(ndim):
+    if ndim != 1:
+        return ""
+    return " (Reshape your data with X.reshape(-1, 1) if it has one feature or X.reshape(1, -1) if it is one sample)"
 
 
 def check_matrix(X, name="X", *, allow_nan=False, allow_negative=False, allow_dask=True):
@@ -41,23 +66,23 @@ def check_matrix(X, name="X", *, allow_nan=False, allow_negative=False, allow_da
         if not allow_dask:
             raise DNMFTypeError(f"{name}: expected an in-memory array, found a dask array")
         if X.ndim != 2:
-            raise DNMFValueError(f"{name}: expected a 2-D array (n_samples, n_features), found {X.ndim}-D shape {X.shape}")
+            raise DNMFValueError(f"{name}: expected a 2-D array (n_samples, n_features), found {X.ndim}-D shape {X.shape}{_reshape_hint(X.ndim)}")
         if any(np.isnan(c) for c in X.shape):
             raise DNMFValueError(f"{name}: expected a dask array with known chunk sizes, found shape {X.shape} (call X.compute_chunk_sizes())")
-        dt = float_dtype(X.dtype) if X.dtype.kind != "O" else None
+        dt = float_dtype(X.dtype, name) if X.dtype.kind != "O" else None
         if dt is None:
             raise DNMFTypeError(f"{name}: expected a numeric dtype, found {X.dtype}")
         return X.astype(dt) if dt != X.dtype else X
     if sp.issparse(X):
-        dt = float_dtype(X.dtype)
+        dt = float_dtype(X.dtype, name)
         X = sp.csr_matrix(X, dtype=dt)
         if X.ndim != 2:
             raise DNMFValueError(f"{name}: expected a 2-D matrix, found shape {X.shape}")
         data = X.data
-        if not allow_nan and data.size and not np.isfinite(data).all():
-            raise DNMFValueError(f"{name}: expected finite values, found NaN or inf in the stored entries")
+        if data.size and not np.isfinite(data).all():  # sparse X marks missing data with observed=, never NaN
+            raise DNMFValueError(f"{name}: expected finite values, found NaN or inf in the stored entries (pass observed= for missing data)")
         if not allow_negative and data.size and np.nanmin(data) < 0:
-            raise DNMFValueError(f"{name}: expected nonnegative values, found minimum {np.nanmin(data):g}")
+            raise DNMFValueError(f"{name}: expected nonnegative values, found minimum {np.nanmin(data):g} (Negative values in data)")
         return X
     if hasattr(X, "X") and hasattr(X, "row_offsets"):  # an opened Corpus
         return check_matrix(X.X, name, allow_nan=allow_nan, allow_negative=allow_negative, allow_dask=allow_dask)
@@ -65,30 +90,50 @@ def check_matrix(X, name="X", *, allow_nan=False, allow_negative=False, allow_da
         arr = np.asarray(X)
     except Exception as e:  # ragged lists and the like
         raise DNMFTypeError(f"{name}: expected a 2-D numeric array, found {_kind(X)} that numpy cannot convert ({e})") from None
-    if arr.dtype.kind in "OUSV" or arr.dtype.kind == "c":
+    if arr.dtype.kind in "USV":
         raise DNMFTypeError(f"{name}: expected a numeric dtype, found {arr.dtype}")
     if arr.ndim != 2:
-        raise DNMFValueError(f"{name}: expected a 2-D array (n_samples, n_features), found {arr.ndim}-D shape {arr.shape}")
-    arr = arr.astype(float_dtype(arr.dtype), copy=False)
+        raise DNMFValueError(f"{name}: expected a 2-D array (n_samples, n_features), found {arr.ndim}-D shape {arr.shape}{_reshape_hint(arr.ndim)}")
+    if arr.dtype.kind == "O":
+        arr = _object_to_float(arr, name)
+    arr = arr.astype(float_dtype(arr.dtype, name), copy=False)
     if np.isinf(arr).any():
         raise DNMFValueError(f"{name}: expected finite values, found inf")
     if not allow_nan and np.isnan(arr).any():
         raise DNMFValueError(f"{name}: expected no NaN (pass observed= or use a model that allows missing data), found NaN")
     if not allow_negative and arr.size and np.nanmin(arr) < 0:
-        raise DNMFValueError(f"{name}: expected nonnegative values, found minimum {np.nanmin(arr):g}")
+        raise DNMFValueError(f"{name}: expected nonnegative values, found minimum {np.nanmin(arr):g} (Negative values in data)")
     return arr
 
 
 def check_labels(y, n_samples, name="y"):
-    """Integer labels (n_samples,), ``-1`` = unlabeled; other negative values are rejected."""
+    """Integer labels (n_samples,), ``-1`` = unlabeled; other negative values are rejected.
+
+    A column vector (n_samples, 1) is flattened with a ``DataConversionWarning`` (as scikit-learn
+    does); an object array of integers is converted; floats must hold integral values.
+    """
     y_arr = np.asarray(y)
+    if y_arr.ndim == 2 and y_arr.shape == (n_samples, 1):
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn(f"A column-vector y was passed when a 1d array was expected ({name}: flattened to shape ({n_samples},))",
+                      DataConversionWarning, stacklevel=3)
+        y_arr = y_arr.ravel()
     if y_arr.ndim != 1 or y_arr.shape[0] != n_samples:
         raise DNMFValueError(f"{name}: expected shape ({n_samples},) (one label per sample), found shape {y_arr.shape}")
+    if y_arr.dtype.kind == "O":
+        y_arr = np.asarray(y_arr.tolist())
     if y_arr.dtype.kind == "f":
         if not np.all(np.isfinite(y_arr)) or np.any(y_arr != np.round(y_arr)):
-            raise DNMFTypeError(f"{name}: expected integer class labels (-1 = unlabeled), found non-integer values")
+            bad = y_arr[~np.isfinite(y_arr) | (y_arr != np.round(y_arr))][0]
+            raise DNMFValueError(
+                f"{name}: expected integer class labels (-1 = unlabeled), found non-integer value {bad!r} (Unknown label type: continuous)"
+            )
     elif y_arr.dtype.kind not in "iub":
-        raise DNMFTypeError(f"{name}: expected integer class labels (-1 = unlabeled), found dtype {y_arr.dtype}")
+        raise DNMFTypeError(
+            f"{name}: expected integer class labels (-1 = unlabeled), found dtype {y_arr.dtype} (Unknown label type: not integer codes; "
+            "encode class names with sklearn.preprocessing.LabelEncoder)"
+        )
     y_arr = y_arr.astype(np.int64)
     if y_arr.size and y_arr.min() < -1:
         raise DNMFValueError(f"{name}: expected labels >= 0 or -1 for unlabeled, found {y_arr.min()}")

@@ -72,11 +72,30 @@ def data_summary(blocks: Blocks) -> dict:
     return st
 
 
+def check_rank_fits(k, n_samples, n_features, name, what):
+    """Raise unless rank ``k`` <= min(n_samples, n_features) (SVD starts, hierarchical layer 0)."""
+    if k > min(n_samples, n_features):
+        raise DNMFValueError(
+            f"{name}: expected {what} <= min(n_samples, n_features) = {min(n_samples, n_features)}, found {k} "
+            f"(n_samples = {n_samples}, n_features = {n_features})"
+        )
+
+
 class BaseFactorization(TransformerMixin, BaseEstimator):
     """Common parts of the estimators of this package (not for direct use)."""
 
     #: whether negative data is allowed (Semi-NMF)
     _allow_negative = False
+    #: whether missing data is allowed (NaN in dense X, or an ``observed=`` mask)
+    _allow_missing = True
+
+    def __sklearn_tags__(self):
+        """scikit-learn tags: sparse input accepted; positivity and NaN (missing data) as the model allows."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.input_tags.positive_only = not self._allow_negative
+        tags.input_tags.allow_nan = bool(self._allow_missing)
+        return tags
 
     def _validate_common(self):
         """Checks of the parameters every MU-based estimator has (max_iter, tol, chunk_rows, persist)."""
@@ -86,12 +105,18 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
         if self.persist not in ("auto", True, False):
             raise DNMFValueError(f"persist: expected 'auto', True or False, found {self.persist!r}")
 
-    def _prepare(self, X, y=None, groups=None, observed=None, *, need_labels=False):
-        """Validate input and build row blocks. Returns (blocks, y or None, info)."""
+    def _prepare(self, X, y=None, groups=None, observed=None, *, need_labels=False, chunk_rows=None):
+        """Validate input and build row blocks. Returns (blocks, y or None, info).
+
+        ``chunk_rows`` overrides the parameter of the same name (without changing it).
+        """
         if isinstance(X, Corpus) and y is None:
             y = X.y
+        if observed is not None and not self._allow_missing:
+            raise DNMFValueError(f"observed: expected None ({type(self).__name__} does not support missing data here), found a mask")
         blocks, info = as_blocks(
-            X, groups=groups, observed=observed, chunk_rows=self.chunk_rows, allow_negative=self._allow_negative
+            X, groups=groups, observed=observed, chunk_rows=chunk_rows or self.chunk_rows, allow_negative=self._allow_negative,
+            allow_nan=bool(self._allow_missing),
         )
         if y is not None:
             y = check_labels(y, blocks.n_samples, "y")
@@ -108,9 +133,33 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
         if summary["nonfinite"]:
             raise DNMFValueError(f"X: expected finite values (NaN only for missing entries), found {summary['nonfinite']} inf entries")
         if not self._allow_negative and summary["min"] < 0:
-            raise DNMFValueError(f"X: expected nonnegative values, found minimum {summary['min']:g}")
+            raise DNMFValueError(f"X: expected nonnegative values, found minimum {summary['min']:g} (Negative values in data)")
+        if summary["nan"] and not self._allow_missing:
+            raise DNMFValueError(
+                f"X: expected no NaN ({type(self).__name__} does not support missing data here), found {summary['nan']} NaN entries"
+            )
         if summary["count"] == 0:
             raise DNMFValueError("X: expected at least one observed entry, found none")
+
+    def _check_feature_space(self, X, n_features):
+        """Data given to a fitted model must have its features: the count, and the names when both are known.
+
+        ``feature_names_`` is set on models read from a model store (:func:`~dnmf_dask.store.model.load_model`).
+        """
+        if n_features != self.n_features_in_:
+            raise DNMFValueError(
+                f"X: expected {self.n_features_in_} features (as in fit), found {n_features} "
+                f"(X has {n_features} features, but {type(self).__name__} is expecting {self.n_features_in_} features as input)"
+            )
+        mine, theirs = getattr(self, "feature_names_", None), getattr(X, "feature_names", None)
+        if isinstance(X, Corpus) and mine is not None and theirs is not None:
+            diff = np.flatnonzero(np.asarray(mine) != np.asarray(theirs))
+            if diff.size:
+                i = int(diff[0])
+                raise DNMFValueError(
+                    f"X: expected the model's feature space (feature_names as in fit), found {diff.size} of {n_features} "
+                    f"features differing, first at column {i}: {str(theirs[i])!r} where the model has {str(mine[i])!r}"
+                )
 
     @staticmethod
     def _gather(blocks: Blocks, parts, n_cols, dtype, kind):

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import DNMFValueError
 from ..kernels.deep import apply_backprop_update, backprop_chunk_step, energy_parts
-from ..kernels.nnls import nnls_gram
+from ..kernels.masked import nnls_rows_missing
+from ..kernels.nmf import split_missing
 from ..kernels.pooling import max_pool, pool_labels, pool_windows
 from ..parallel.blocks import Blocks
 from ..parallel.mapreduce import map_reduce
@@ -68,6 +69,7 @@ def _unflatten_stats(flat, n_layers):
 
 
 def _backprop_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+    X, W = split_missing(X, W)  # NaN entries of dense X are missing: into the mask the kernels take
     S_new, stats = backprop_chunk_step(
         X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
         B=B, y=y if B is not None else None, lam=lam,
@@ -76,6 +78,7 @@ def _backprop_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
 
 
 def _energy_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+    X, W = split_missing(X, W)
     parts = energy_parts(X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
                          B=B, y=y if B is not None else None, lam=lam)
     return None, {"energy": parts}
@@ -87,9 +90,7 @@ def _deep_forward_task(X, g, *, As, layer, pool_size, stride):
     for l, A in enumerate(As[: layer + 1]):
         if l > 0:
             S, _, g = max_pool(S, g, pool_size, stride)
-        A = A.astype(np.float64)
-        C = np.asarray(S @ A)
-        S = nnls_gram(A.T @ A, C)
+        S = nnls_rows_missing(S, A)  # NaN (missing) entries of X are left out of the fit
     return S, {}
 
 
@@ -282,8 +283,7 @@ class DeepNMF(HierarchicalNMF):
         pool_size, stride = int(self.pool_size), int(self.stride)
         with scheduler_context(self.scheduler):
             blocks, _, info = self._prepare(X, None, groups, None)
-            if blocks.n_features != self.n_features_in_:
-                raise DNMFValueError(f"X: expected {self.n_features_in_} features (as in fit), found {blocks.n_features}")
+            self._check_feature_space(X, blocks.n_features)
             g = info["groups"]
             if g is None and layer > 0:
                 raise DNMFValueError(

@@ -17,13 +17,13 @@ from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
 from ..kernels.nmf import semi_block_step, semi_update_A
-from ..kernels.nnls import nnls_gram
+from ..kernels.masked import nnls_rows_missing
 from ..parallel.blocks import Blocks
 from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
 from ..parallel.mu import fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
-from .base import BaseFactorization, data_summary, seed_from
+from .base import BaseFactorization, check_rank_fits, data_summary, seed_from
 
 
 def check_ranks(ranks, name="ranks"):
@@ -44,9 +44,7 @@ def _forward_task(X, *, As, layer):
     """Exact forward pass S(l) = q(A(l), S(l−1)) (NNLS) of a block, up to ``layer``."""
     S = X
     for A in As[: layer + 1]:
-        A = A.astype(np.float64)
-        C = np.asarray(S @ A)
-        S = nnls_gram(A.T @ A, C)
+        S = nnls_rows_missing(S, A)  # NaN (missing) entries of X are left out of the fit
     return S, {}
 
 
@@ -108,6 +106,10 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
     def _allow_negative(self):
         return bool(self.semi)
 
+    @property
+    def _allow_missing(self):  # the Semi-NMF layer has no masked update
+        return not self.semi
+
     def _validate_params(self):
         ranks = check_ranks(self.ranks)
         check_nonneg_float(self.lam, "lam")
@@ -150,10 +152,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         g = self._layer_groups(info["groups"], blocks.n_samples)
         summary = data_summary(blocks)
         self._check_summary(summary)
-        if ranks[0] > min(blocks.n_samples, blocks.n_features):
-            raise DNMFValueError(
-                f"ranks: expected k0 <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)}, found {ranks[0]}"
-            )
+        check_rank_fits(ranks[0], blocks.n_samples, blocks.n_features, "ranks", "k0")
         seed = seed_from(self.random_state)
         codes, n_classes = self._encode_labels(y)
         g_parts, y_parts = blocks.split(g), blocks.split(codes)  # of the current layer's samples
@@ -243,14 +242,14 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         layer = layer % L
         with scheduler_context(self.scheduler):
             blocks, _, info = self._prepare(X, None, groups, None)
-            if blocks.n_features != self.n_features_in_:
-                raise DNMFValueError(f"X: expected {self.n_features_in_} features (as in fit), found {blocks.n_features}")
+            self._check_feature_space(X, blocks.n_features)
             As = dask.delayed(list(self.A_))  # one graph key for all blocks
             parts, _ = map_reduce(_forward_task, [(b,) for b in blocks.X], As=As, layer=layer)
             k = self.A_[layer].shape[1]
             return self._gather(blocks, parts, k, np.float64, info["kind"])
 
     def decision_function(self, X, **kw):
+        self._check_fitted()
         if getattr(self, "B_", None) is None:
             raise DNMFValueError("model: expected a model fitted with labels (it has no classifier B_), found none")
         return self.transform(X, **kw) @ self.B_.T

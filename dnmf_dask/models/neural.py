@@ -102,6 +102,7 @@ class NeuralNMF(HierarchicalNMF):
         self.verbose = verbose
 
     _allow_negative = False
+    _allow_missing = False  # the exact NNLS layers need every entry of X
 
     def _direction(self, F, g):
         """Search direction of one factor: its gradient, scaled to the factor's size ('block')."""
@@ -136,9 +137,8 @@ class NeuralNMF(HierarchicalNMF):
             raise DNMFValueError("observed: expected None (Neural NMF does not support missing data), found a mask")
         ranks = self._validate_params()
         with scheduler_context(self.scheduler):
-            if self.batch_size is not None and self.chunk_rows is None:
-                self.chunk_rows = self.batch_size
-            blocks, y, info = self._prepare(X, y, groups, None)
+            chunk_rows = self.chunk_rows if self.chunk_rows is not None else self.batch_size
+            blocks, y, info = self._prepare(X, y, groups, None, chunk_rows=chunk_rows)
             summary = data_summary(blocks)
             self._check_summary(summary)
             seed = seed_from(self.random_state)
@@ -146,7 +146,7 @@ class NeuralNMF(HierarchicalNMF):
             dtype = np.float64
             if self.init == "hierarchical":
                 h = HierarchicalNMF(ranks, lam=self.lam, max_iter=self.init_max_iter, tol=1e-4, random_state=seed,
-                                    chunk_rows=self.chunk_rows, persist=self.persist)
+                                    chunk_rows=chunk_rows, persist=self.persist)
                 import warnings
 
                 with warnings.catch_warnings():

@@ -14,7 +14,7 @@ from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
 from ..parallel.mu import fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
-from .base import BaseFactorization, data_summary, seed_from
+from .base import BaseFactorization, check_rank_fits, data_summary, seed_from
 
 import dask
 
@@ -150,10 +150,8 @@ class NMF(BaseFactorization):
             summary = data_summary(blocks)
             self._check_summary(summary)
             k = self.n_components
-            if k > min(blocks.n_samples, blocks.n_features) and self.init in ("nndsvd", "nndsvda"):
-                raise DNMFValueError(
-                    f"n_components: expected <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)} for init={self.init!r}, found {k}"
-                )
+            if self.init in ("nndsvd", "nndsvda"):
+                check_rank_fits(k, blocks.n_samples, blocks.n_features, "n_components", f"k with init={self.init!r}")
             seed = seed_from(self.random_state)
             S_blocks, A = self._init_factors(blocks, summary, seed, W, H)
             y_codes, n_classes = self._labels(y)
@@ -193,8 +191,7 @@ class NMF(BaseFactorization):
         self._check_fitted()
         with scheduler_context(self.scheduler):
             blocks, _, info = self._prepare(X, None, groups, observed)
-            if blocks.n_features != self.n_features_in_:
-                raise DNMFValueError(f"X: expected {self.n_features_in_} features (as in fit), found {blocks.n_features}")
+            self._check_feature_space(X, blocks.n_features)
             A = self.A_[0].astype(blocks.dtype)
             W_parts = blocks.W or [None] * blocks.n_blocks
             parts, _ = map_reduce(
@@ -273,7 +270,7 @@ class SSNMF(ClassifierMixin, NMF):
 
     def _labels(self, y):
         if y is None:
-            raise DNMFValueError("y: expected labels for SSNMF (int, -1 = unlabeled), found None")
+            raise DNMFValueError("y: expected labels (int, -1 = unlabeled); SSNMF requires y to be passed, but the target y is None")
         labeled = y >= 0
         if not labeled.any():
             raise DNMFValueError("y: expected at least one labeled sample (y >= 0), found only -1")

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import check_groups, check_matrix, check_observed
+from .._validation import check_groups, check_not_empty, check_matrix, check_observed
 from ..errors import DNMFValueError
 from ..store.corpus import Corpus, auto_chunk_rows, row_blocks
 
@@ -94,7 +94,7 @@ def _dask_blocks(X, groups):
     return list(X.to_delayed().ravel()), offsets, X
 
 
-def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=False) -> tuple[Blocks, dict]:
+def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=False, allow_nan=True) -> tuple[Blocks, dict]:
     """Turn the estimators' input into :class:`Blocks`.
 
     Returns ``(blocks, info)`` where ``info`` has ``kind`` ("numpy", "sparse", "dask", "corpus"),
@@ -107,10 +107,9 @@ def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=
             groups = X.groups
         info["nnz"] = X.attrs.get("nnz")
         X = X.X
-    Xc = check_matrix(X, "X", allow_nan=True, allow_negative=allow_negative, allow_dask=True)
+    Xc = check_matrix(X, "X", allow_nan=allow_nan, allow_negative=allow_negative, allow_dask=True)
     n, f = Xc.shape
-    if n == 0 or f == 0:
-        raise DNMFValueError(f"X: expected at least one sample and one feature, found shape {Xc.shape}")
+    check_not_empty(Xc.shape)
     g = None if groups is None else check_groups(groups, n)
     info["groups"] = g
     W = check_observed(observed, (n, f), sp.issparse(Xc))

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
-from .._validation import check_groups, check_labels, check_matrix
+from .._validation import check_groups, check_not_empty, check_labels, check_matrix
 from ..errors import DNMFValueError, StoreError
 from .atomic import atomic_directory, open_store
 
@@ -207,8 +207,7 @@ def write_corpus(
     """
     X = check_matrix(X, "X", allow_nan=True, allow_negative=True, allow_dask=True)
     n, f = X.shape
-    if n == 0 or f == 0:
-        raise DNMFValueError(f"X: expected at least one sample and one feature, found shape {X.shape}")
+    check_not_empty(X.shape)
     y = None if y is None else check_labels(y, n, "y")
     y_true = None if y_true is None else check_labels(y_true, n, "y_true")
     groups = None if groups is None else check_groups(groups, n)
