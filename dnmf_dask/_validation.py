@@ -50,6 +50,10 @@ def _object_to_float(arr, name):
     return arr.astype(np.float64)
 
 
+def _kind(X) -> str:
+    return "dask array" if isinstance(X, da.Array) else "sparse matrix" if sp.issparse(X) else type(X).__name__
+
+
 def _reshape_hint(ndim):
     if ndim != 1:
         return ""

@@ -17,7 +17,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_groups, check_not_empty, check_matrix, check_observed
-from ..errors import DNMFValueError
 from ..store.corpus import Corpus, auto_chunk_rows, row_blocks
 
 
