@@ -129,7 +129,7 @@ def check_labels(y, n_samples, name="y"):
         y_arr = np.asarray(y_arr.tolist())
     if y_arr.dtype.kind == "f":
         if not np.all(np.isfinite(y_arr)) or np.any(y_arr != np.round(y_arr)):
-            bad = y_arr[~np.isfinite(y_arr) | (y_arr != np.round(y_arr))][0]
+            bad = y_arr[~np.isfinite(y_arr) | (y_arr != np.round(y_arr))][0].item()
             raise DNMFValueError(
                 f"{name}: expected integer class labels (-1 = unlabeled), found non-integer value {bad!r} (Unknown label type: continuous)"
             )
@@ -144,6 +144,25 @@ def check_labels(y, n_samples, name="y"):
     return y_arr
 
 
+def check_label_coverage(y, label_names, name="y"):
+    """Every class named in ``label_names`` has a labeled sample and no code is out of range.
+
+    Without the names the classes are the labeled codes themselves (``classes_``), so a class
+    with no labeled sample cannot be detected; with a corpus's ``label_names`` it is an error.
+    """
+    n_classes = len(label_names)
+    known = y[y >= 0]
+    if known.size and known.max() >= n_classes:
+        raise DNMFValueError(f"{name}: expected class codes < {n_classes} (one per label name), found {known.max()}")
+    counts = np.bincount(known, minlength=n_classes)
+    if known.size and (counts == 0).any():
+        c = int(np.flatnonzero(counts == 0)[0])
+        raise DNMFValueError(
+            f"{name}: expected at least one labeled sample of every class in label_names, found none of class {c} "
+            f"({label_names[c]!s}) ({int((counts == 0).sum())} of {n_classes} classes have none)"
+        )
+
+
 def check_groups(groups, n_samples):
     """Group ids (n_samples,), each group contiguous; returned as int64 codes in order of appearance."""
     g = np.asarray(groups)
@@ -155,7 +174,7 @@ def check_groups(groups, n_samples):
     run_ids = g[change]
     if len(np.unique(run_ids)) != len(run_ids):
         vals, counts = np.unique(run_ids, return_counts=True)
-        bad = vals[counts > 1][0]
+        bad = vals[counts > 1][0].item()
         raise DNMFValueError(
             f"groups: expected the samples of each group to be contiguous, found group {bad!r} in {counts[counts > 1][0]} separate runs"
         )

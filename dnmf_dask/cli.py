@@ -144,10 +144,11 @@ def cmd_predict(args):
         raise DNMFValueError(f"model: expected a classifier (SSNMF, DeepNMF, NeuralNMF), found {type(model).__name__}")
     with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
         pred = model.predict(corpus)
+    from .store.atomic import atomic_file
+
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    np.savetxt(tmp, np.asarray(pred), fmt="%d")
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        np.savetxt(tmp, np.asarray(pred), fmt="%d")
     print(f"wrote {len(pred)} predictions to {out}")
 
 

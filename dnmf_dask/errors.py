@@ -22,5 +22,12 @@ class StoreError(DNMFValueError):
     """A corpus or model store is missing, incomplete, of another version, or inconsistent."""
 
 
+class StoreWriteError(StoreError, OSError):
+    """A store or output file could not be written (permission denied, disk full, ...).
+
+    Also an ``OSError``; the destination's previous content is left intact.
+    """
+
+
 class ConvergenceWarning(UserWarning):
     """A fit stopped at ``max_iter`` before reaching ``tol``."""

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 
-from .._validation import check_labels, check_nonneg_float, check_positive_int
+from .._validation import check_label_coverage, check_labels, check_nonneg_float, check_positive_int
 from ..errors import ConvergenceWarning, DNMFValueError
 from ..parallel.blocks import Blocks, as_blocks
 from ..parallel.mapreduce import map_reduce
@@ -120,6 +120,8 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
         )
         if y is not None:
             y = check_labels(y, blocks.n_samples, "y")
+            if isinstance(X, Corpus) and X.label_names is not None and hasattr(self, "predict"):
+                check_label_coverage(y, X.label_names)
         elif need_labels:
             raise DNMFValueError("y: expected labels (int, -1 = unlabeled) for this model, found None")
         persist = self.persist
@@ -140,6 +142,8 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
             )
         if summary["count"] == 0:
             raise DNMFValueError("X: expected at least one observed entry, found none")
+        if summary["nnz"] == 0:  # all-zero rows or columns alone are fine (zero codes / loadings)
+            raise DNMFValueError("X: expected at least one nonzero observed entry, found only zeros (nothing to factorize)")
 
     def _check_feature_space(self, X, n_features):
         """Data given to a fitted model must have its features: the count, and the names when both are known.

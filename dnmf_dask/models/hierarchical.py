@@ -172,6 +172,9 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
             elif self.init == "random":
                 S_blocks, A = random_init(data, k, seed + l, summ["mean"], data.dtype)
             else:
+                if l > 0:  # an SVD start has at most k_{l-1} directions (it used to drop the rest silently)
+                    check_rank_fits(k, data.n_samples, data.n_features, "ranks",
+                                    f"k{l} with init={self.init!r} (layer {l} factors the k{l - 1} = {data.n_features} codes of layer {l - 1})")
                 S_blocks, A = nndsvd_init(data, k, seed + l, summ["mean"], data.dtype, variant=self.init)
             codes_l = None if codes is None else np.concatenate(y_parts)
             B0 = None

@@ -15,7 +15,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..errors import DNMFValueError, StoreError
+from ..errors import DNMFValueError, StoreError, StoreWriteError
 
 
 def _check_parent_writable(path: Path) -> None:
@@ -56,9 +56,41 @@ def atomic_directory(path, *, overwrite: bool = False):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(path, e) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_error(path: Path, e: OSError) -> StoreWriteError:
+    err = StoreWriteError(
+        f"path: expected to write {str(path)!r}, found {type(e).__name__}: {e.strerror or e} "
+        "(nothing was replaced; any previous content is intact)"
+    )
+    err.errno = e.errno
+    return err
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield a temporary file path beside ``path``; on success it replaces ``path`` in one rename.
+
+    An ``OSError`` (permission denied, disk full, ...) becomes a :class:`StoreWriteError` and
+    leaves ``path`` as it was.
+    """
+    path = Path(path).absolute()
+    _check_parent_writable(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def open_store(path, fmt: str, version: int):

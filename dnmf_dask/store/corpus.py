@@ -221,6 +221,11 @@ def write_corpus(
         sample_ids = np.asarray(sample_ids).astype(str)
         if sample_ids.shape != (n,):
             raise DNMFValueError(f"sample_ids: expected {n} ids (one per row of X), found shape {sample_ids.shape}")
+    if label_names is not None:
+        label_names = np.asarray(label_names).astype(str)
+        for lab_name, v in (("y", y), ("y_true", y_true)):
+            if v is not None and (v >= len(label_names)).any():
+                raise DNMFValueError(f"{lab_name}: expected class codes < {len(label_names)} (one per label name), found {v.max()}")
     if attrs is not None:
         try:
             json.dumps(attrs)
