@@ -85,7 +85,7 @@ def _load_array_file(path):
 
 
 # -- fit / predict --------------------------------------------------------------------------
-MODELS = ("nmf", "ssnmf", "hierarchical", "deep", "neural")
+from .config import INITS, MODELS  # noqa: E402
 
 
 def _ranks(text):
@@ -209,7 +209,8 @@ def cmd_demo(args):
 
 
 # -- parser ------------------------------------------------------------------------------
-def build_parser():
+def build_parser(fit_defaults=None):
+    """The argument parser; ``fit_defaults`` (from a config file) replace the defaults of ``dnmf fit``."""
     p = argparse.ArgumentParser(prog="dnmf", description="Distributed hierarchical NMF topic models on dask.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -232,13 +233,16 @@ def build_parser():
     pf.add_argument("--pool-size", type=int, default=0, help="deep: max pooling window over consecutive samples of a group (0 = none)")
     pf.add_argument("--backprop-iter", type=int, default=0, help="deep: backpropagation iterations after the forward pass")
     pf.add_argument("--lam", type=float, default=1.0, help="weight of the label term (SSNMF)")
-    pf.add_argument("--init", default="nndsvda", choices=("random", "nndsvd", "nndsvda"))
+    pf.add_argument("--init", default="nndsvda", choices=INITS)
     pf.add_argument("--max-iter", type=int, default=200, help="iterations (per layer; neural: epochs)")
     pf.add_argument("--tol", type=float, default=1e-4)
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--overwrite", action="store_true")
+    pf.add_argument("--config", default=None, metavar="FILE.toml",
+                    help="fit options from a TOML file (keys as the flags: model, ranks, lam, max_iter, tol, pool_size, "
+                    "backprop_iter, random_state, scheduler, ...); flags given here override it")
     _scheduler_arg(pf)
-    pf.set_defaults(func=cmd_fit)
+    pf.set_defaults(func=cmd_fit, **(fit_defaults or {}))
 
     pp = sub.add_parser("predict", help="predict classes of a corpus with a stored classifier")
     pp.add_argument("model", help="model store")
@@ -266,6 +270,11 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):
+            from .config import load_fit_config
+
+            # the file's values become the defaults, so flags on the command line still win
+            args = build_parser(fit_defaults=load_fit_config(args.config)).parse_args(argv)
         args.func(args)
     except DNMFError as e:
         print(f"dnmf: error: {e}", file=sys.stderr)
