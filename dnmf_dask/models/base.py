@@ -95,6 +95,8 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
         tags.input_tags.sparse = True
         tags.input_tags.positive_only = not self._allow_negative
         tags.input_tags.allow_nan = bool(self._allow_missing)
+        if tags.transformer_tags is not None:  # codes come back in the input's float dtype
+            tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
     def _validate_common(self):

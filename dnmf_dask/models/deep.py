@@ -91,7 +91,7 @@ def _deep_forward_task(X, g, *, As, layer, pool_size, stride):
         if l > 0:
             S, _, g = max_pool(S, g, pool_size, stride)
         S = nnls_rows_missing(S, A)  # NaN (missing) entries of X are left out of the fit
-    return S, {}
+    return S.astype(X.dtype, copy=False), {}  # solved in float64, returned in the input's dtype
 
 
 def _pooled_groups(g, pool_size, stride):
@@ -303,5 +303,5 @@ class DeepNMF(HierarchicalNMF):
                     for _ in range(layer):
                         gp = _pooled_groups(gp, pool_size, stride)
                     sizes.append(len(gp))
-                out_blocks = Blocks(parts, np.r_[0, np.cumsum(sizes)].astype(np.int64), k, np.dtype(np.float64), False)
-            return self._gather(out_blocks, parts, k, np.float64, info["kind"])
+                out_blocks = Blocks(parts, np.r_[0, np.cumsum(sizes)].astype(np.int64), k, blocks.dtype, False)
+            return self._gather(out_blocks, parts, k, blocks.dtype, info["kind"])

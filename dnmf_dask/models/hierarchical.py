@@ -45,7 +45,7 @@ def _forward_task(X, *, As, layer):
     S = X
     for A in As[: layer + 1]:
         S = nnls_rows_missing(S, A)  # NaN (missing) entries of X are left out of the fit
-    return S, {}
+    return S.astype(X.dtype, copy=False), {}  # solved in float64, returned in the input's dtype
 
 
 def _semi_stats_task(X, S):
@@ -249,7 +249,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
             As = dask.delayed(list(self.A_))  # one graph key for all blocks
             parts, _ = map_reduce(_forward_task, [(b,) for b in blocks.X], As=As, layer=layer)
             k = self.A_[layer].shape[1]
-            return self._gather(blocks, parts, k, np.float64, info["kind"])
+            return self._gather(blocks, parts, k, blocks.dtype, info["kind"])
 
     def decision_function(self, X, **kw):
         self._check_fitted()
