@@ -61,17 +61,32 @@ def cmd_ingest(args):
 
 def _load_array_file(path):
     """npz (keys X or data/indices/indptr/shape, optional y, groups, feature_names) or npy."""
-    import scipy.sparse as sp
-
     from .errors import DNMFValueError
 
     p = Path(path)
     if not p.exists():
         raise DNMFValueError(f"input: expected an existing .npz or .npy file, found nothing at {str(p)!r}")
+    if p.suffix not in (".npz", ".npy"):
+        raise DNMFValueError(f"input: expected a .npz or .npy file, found {p.suffix!r}")
+    import zipfile
+
+    try:
+        return _read_array_file(p)
+    except DNMFError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # object arrays, truncated or foreign files
+        raise DNMFValueError(
+            f"input: expected a readable {p.suffix} file of numeric arrays (no pickled objects), found {type(e).__name__}: {e}"
+        ) from None
+
+
+def _read_array_file(p):
+    import scipy.sparse as sp
+
+    from .errors import DNMFValueError
+
     if p.suffix == ".npy":
         return np.load(p, allow_pickle=False), None, None, None, None, None, {"file": str(p)}
-    if p.suffix != ".npz":
-        raise DNMFValueError(f"input: expected a .npz or .npy file, found {p.suffix!r}")
     with np.load(p, allow_pickle=False) as z:
         keys = set(z.files)
         if {"data", "indices", "indptr", "shape"} <= keys:

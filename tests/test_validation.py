@@ -486,3 +486,31 @@ def test_every_error_is_a_dnmf_error():
     for cls in (DNMFValueError, StoreError, StoreWriteError):
         assert issubclass(cls, DNMFError) and issubclass(cls, ValueError)
     assert issubclass(DNMFTypeError, TypeError) and issubclass(StoreWriteError, OSError)
+
+
+def test_other_os_errors_are_not_called_write_failures(tmp_path, rng, monkeypatch):
+    """An OSError that is not about the destination (here: a source block that cannot be read) propagates as is."""
+    def unreadable(block):
+        raise FileNotFoundError(errno.ENOENT, "No such file", "source.bin")
+
+    X = da.from_array(rng.random((10, 3)), chunks=(5, 3)).map_blocks(unreadable, dtype=float)
+    with pytest.raises(FileNotFoundError) as info:
+        dd.write_corpus(tmp_path / "c.zarr", X)
+    assert not isinstance(info.value, StoreWriteError)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("make, found", [
+    (lambda p: np.save(p.with_suffix(".npy"), np.array([[1, "a"]], dtype=object), allow_pickle=True), "no pickled objects"),
+    (lambda p: p.with_suffix(".npz").write_bytes(b"PK\x03\x04 truncated"), "BadZipFile"),
+    (lambda p: np.savez(p.with_suffix(".npz"), X=-np.ones((3, 2)), y=[0, 1, 0.5]), "y: expected integer class labels"),
+    (lambda p: np.savez(p.with_suffix(".npz"), X=np.array([["a", "b"]])), "X: expected a numeric dtype"),
+    (lambda p: np.savez(p.with_suffix(".npz"), X=np.ones((3, 2)), groups=[0, 1, 0]), "groups: expected the samples"),
+], ids=["object-npy", "corrupt-npz", "float-labels", "string-X", "groups"])
+def test_cli_ingest_bad_files_exit_2(tmp_path, capsys, make, found):
+    make(tmp_path / "d")
+    src = next(tmp_path.glob("d.*"))
+    assert main(["ingest", src.suffix[1:], str(tmp_path / "c.zarr"), "--input", str(src)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dnmf: error: ") and found in err[0]
+    assert not (tmp_path / "c.zarr").exists()

@@ -10,6 +10,7 @@ under ``.<name>.old-*``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -58,10 +59,21 @@ def atomic_directory(path, *, overwrite: bool = False):
             os.replace(tmp, path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(path, e) from e
+        if _is_write_failure(e):
+            raise _write_error(path, e) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+#: errno values of a destination that cannot be written (other OSErrors, e.g. reading the
+#: source data, propagate unchanged)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
+def _is_write_failure(e: OSError) -> bool:
+    return not isinstance(e, StoreWriteError) and e.errno in WRITE_ERRNOS
 
 
 def _write_error(path: Path, e: OSError) -> StoreWriteError:
@@ -87,7 +99,9 @@ def atomic_file(path):
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        raise _write_error(path, e) from e
+        if _is_write_failure(e):
+            raise _write_error(path, e) from e
+        raise
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
