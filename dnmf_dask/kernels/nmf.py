@@ -35,6 +35,15 @@ def _safe_ratio(num, den):
     return num / den
 
 
+def _mu(F, num, den):
+    """The multiplicative update ``F ⊙ num / den`` (zero denominators as EPS).
+
+    ``F ⊙ num`` is formed first: a tiny row of F makes ``den = F G`` tiny too, and ``num / den``
+    alone would overflow to inf (then inf·F = inf or NaN) where the update itself is finite.
+    """
+    return F * num / np.where(den == 0, EPS, den)
+
+
 def one_hot(y, n_classes, dtype=np.float64):
     """One-hot (n, n_classes) of labels ``y``; rows with ``y == -1`` are all zero (= L ⊙ Y)."""
     y = np.asarray(y)
@@ -148,7 +157,7 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
             num = num + lam * (Y @ B)
             den = den + lam * (LSB @ B)
 
-    S_new = S * _safe_ratio(num, den) if update_S else S
+    S_new = _mu(S, num, den) if update_S else S
     S_new = S_new.astype(dt, copy=False)
 
     stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
@@ -170,7 +179,7 @@ def update_factor(F, num, den_gram=None, den_full=None):
     precomputed ``den_full`` (masked case). Shapes: F, num, den all (rows, k).
     """
     den = F @ den_gram if den_full is None else den_full
-    return (F * _safe_ratio(num, den)).astype(F.dtype, copy=False)
+    return _mu(F, num, den).astype(F.dtype, copy=False)
 
 
 def transform_block(X, A, S, *, max_iter=200, tol=1e-4, W=None):
@@ -191,7 +200,7 @@ def transform_block(X, A, S, *, max_iter=200, tol=1e-4, W=None):
             den = S @ AtA
         else:
             den = np.asarray(masked_product(S, A, W) @ A)
-        S = S * _safe_ratio(XA, den)
+        S = _mu(S, XA, den)
         if tol > 0 and it % 10 == 0:
             if W is None:
                 obj = norm_X - 2.0 * np.sum(S * XA) + np.sum((S.T @ S) * AtA)
