@@ -27,6 +27,10 @@ from ..errors import DNMFValueError
 LOCAL_SCHEDULERS = ("threads", "threading", "synchronous", "sync", "processes")
 
 
+class ClusterError(RuntimeError):
+    """The scheduler at the given address cannot be reached (or refuses the connection)."""
+
+
 def _active_client():
     try:
         from distributed import default_client
@@ -91,9 +95,12 @@ def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None
         kw = {"security": security} if security is not None else {}
         if connect_timeout is not None:
             kw["timeout"] = connect_timeout
-        with Client(scheduler, **kw) as client:
-            with dask.config.set(scheduler=client):
-                yield client
+        try:
+            client = Client(scheduler, **kw)
+        except (OSError, TimeoutError) as e:
+            raise ClusterError(f"scheduler: cannot connect to {scheduler!r} ({type(e).__name__}: {e})") from e
+        with client, dask.config.set(scheduler=client):
+            yield client
         return
     raise DNMFValueError(
         f"scheduler: expected None, 'threads', 'synchronous', 'processes', 'local' or an address like 'tcp://host:8786', found {scheduler!r}"
