@@ -94,8 +94,9 @@ class Checkpointer:
         Checkpoint folder (created when missing; its parent must exist).
     every : int
         Write a checkpoint every ``every`` iterations (see :meth:`due`).
-    meta : dict
-        :func:`estimator_meta` of the fit; a checkpoint is only resumed when it matches.
+    meta : dict or None
+        :func:`estimator_meta` of the fit; a checkpoint is only resumed when it matches
+        (None: inspection only, no check).
     """
 
     def __init__(self, path, every, meta):
@@ -126,7 +127,7 @@ class Checkpointer:
             return None
         seq, p = found[-1]
         root, a, _ = open_store(p, FORMAT, FORMAT_VERSION)
-        if a.get("meta") != self.meta:
+        if self.meta is not None and a.get("meta") != self.meta:
             diff = sorted(k for k in set(self.meta) | set(a.get("meta", {})) if self.meta.get(k) != a.get("meta", {}).get(k))
             raise DNMFValueError(
                 f"checkpoint: expected a checkpoint of the same model and data, found {str(p)!r} differing in {diff} "
