@@ -35,8 +35,10 @@ def test_cli_fit_on_scheduler_and_workers(tmp_path, monkeypatch):
 
         with Client(addr) as client:  # the CLI really uses this cluster: its workers run the tasks
             before = sum(client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count).values())
+            # with checkpoints: the workers write their S blocks into the checkpoint store and read them back
             assert main(["fit", str(c.path), str(tmp_path / "m.zarr"), "--model", "ssnmf", "-k", "3", "--max-iter", "8",
-                         "--tol", "0", "--scheduler", addr, "--quiet"]) == 0
+                         "--tol", "0", "--scheduler", addr, "--checkpoint-every", "3", "--quiet"]) == 0
+            assert not (tmp_path / "m.zarr.checkpoint").exists()  # removed after success
             monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", addr)  # the environment variable works as well
             assert main(["predict", str(tmp_path / "m.zarr"), str(c.path), str(tmp_path / "p.txt"), "--quiet"]) == 0
             after = sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
@@ -47,6 +49,13 @@ def test_cli_fit_on_scheduler_and_workers(tmp_path, monkeypatch):
     m = load_model(tmp_path / "m.zarr")
     assert _rel(m.A_[0], ref.A_[0]) < 1e-8 and _rel(m.B_, ref.B_) < 1e-8
     np.testing.assert_array_equal(np.loadtxt(tmp_path / "p.txt", dtype=int), ref.predict(c))
+
+
+def test_cli_started_local_cluster_prints_loopback_dashboard(tmp_path, capsys):
+    c = _corpus(tmp_path, n=40, chunk=20)
+    assert main(["fit", str(c.path), str(tmp_path / "m.zarr"), "-k", "2", "--max-iter", "2", "--workers", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "started a LocalCluster with 1 workers; dashboard: http://127.0.0.1:" in err
 
 
 def test_unreachable_scheduler_exit_code_3(tmp_path, capsys):
