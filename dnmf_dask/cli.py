@@ -175,8 +175,8 @@ def _make_model(args):
     return models.NeuralNMF(ranks, lam=args.lam, epochs=args.max_iter, tol=args.tol, random_state=args.seed)
 
 
-#: models whose fit supports checkpoints/resume and warm starts
-RESUMABLE = ("NMF", "SSNMF", "NeuralNMF")
+#: models whose fit can start from a stored model (every model checkpoints)
+WARM_STARTABLE = ("NMF", "SSNMF", "NeuralNMF")
 
 
 def _fit_config(model) -> dict:
@@ -217,9 +217,8 @@ def cmd_fit(args):
         return model
     if not args.versioned and out.exists() and not (args.overwrite or args.force):
         raise DNMFValueError(f"out: expected a new location (or --overwrite / --force), found existing {str(out)!r}")
-    resumable = type(model).__name__ in RESUMABLE
-    if (args.checkpoint_every or args.resume or args.warm_start) and not resumable:
-        raise DNMFValueError(f"--model: expected one of nmf, ssnmf, neural with --checkpoint-every/--resume/--warm-start, found {args.model}")
+    if args.warm_start and type(model).__name__ not in WARM_STARTABLE:
+        raise DNMFValueError(f"--model: expected one of nmf, ssnmf, neural with --warm-start, found {args.model}")
     run = {}
     ck_dir = Path(args.checkpoint) if args.checkpoint else (out / ".checkpoint" if args.versioned else out.with_name(out.name + ".checkpoint"))
     if args.checkpoint_every or args.resume:
@@ -356,7 +355,7 @@ def build_parser():
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--overwrite", action="store_true")
     pf.add_argument("--checkpoint-every", type=int, default=None,
-                    help="write the fit's state every N iterations (epochs) to the checkpoint folder (nmf, ssnmf, neural)")
+                    help="write the fit's state every N iterations (epochs; per layer for hierarchical/deep) to the checkpoint folder")
     pf.add_argument("--checkpoint", default=None,
                     help="checkpoint folder (default OUT.checkpoint, or OUT/.checkpoint with --versioned); removed after success")
     pf.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (start afresh when there is none)")

@@ -177,3 +177,29 @@ def test_progress_line_with_eta():
     buf2 = io.StringIO()  # without a bar: nothing
     dd.SSNMF(3, max_iter=3, tol=0, random_state=0, scheduler="threads").fit(X, y)
     assert buf2.getvalue() == ""
+
+
+LAYERED = {
+    "hierarchical": lambda: dd.HierarchicalNMF((5, 3), max_iter=12, tol=0, random_state=0, chunk_rows=30, scheduler="threads"),
+    "deep": lambda: dd.DeepNMF((5, 3), pool_size=2, backprop_iter=3, max_iter=12, tol=0, random_state=0, chunk_rows=30,
+                               scheduler="threads"),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERED))
+@pytest.mark.parametrize("n_saves", [2, 3])  # interrupted inside layer 0 / inside layer 1 (after layer 0 was stored)
+def test_layered_resume_equals_uninterrupted(tmp_path, monkeypatch, name, n_saves):
+    X, y = _data()
+    groups = np.repeat(np.arange(len(y) // 4), 4)
+    ref = LAYERED[name]().fit(X, y, groups=groups)
+    saves = _interrupt_after(monkeypatch, n_saves)
+    with pytest.raises(_Stop):
+        LAYERED[name]().fit(X, y, groups=groups, checkpoint=tmp_path / "ck", checkpoint_every=4)
+    stages = sorted(p.name for p in (tmp_path / "ck").glob("stage-*"))
+    assert stages == ([] if n_saves == 2 else ["stage-000.zarr"]) and len(saves) == n_saves
+    monkeypatch.undo()
+    m = LAYERED[name]().fit(X, y, groups=groups, checkpoint=tmp_path / "ck", checkpoint_every=4, resume=True)
+    for a, b in zip(m.A_, ref.A_):
+        assert _rel(a, b) < 1e-8
+    assert _rel(m.B_, ref.B_) < 1e-8 and m.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(m.layer_rel_error_, ref.layer_rel_error_, rtol=1e-10)

@@ -1,6 +1,8 @@
 """Checkpoints of a running fit: the complete optimizer state, written atomically every N iterations.
 
-A checkpoint folder holds numbered zarr stores ``ckpt-000001.zarr``, ``ckpt-000002.zarr``, ...;
+A checkpoint folder holds numbered zarr stores ``ckpt-000001.zarr``, ``ckpt-000002.zarr``, ...
+(and, for fits made of stages such as the layers of a hierarchical model, one
+``stage-<l>.zarr`` per completed stage, kept until the fit ends);
 each is written beside its final name and renamed into place (:mod:`.atomic`), and the older
 ones are deleted only after the newer one is complete, so at every moment the folder holds at
 least one complete checkpoint (once the first was written) and never a half-written one under a
@@ -126,6 +128,10 @@ class Checkpointer:
         if not found:
             return None
         seq, p = found[-1]
+        self._seq = seq
+        return self._load(p)
+
+    def _load(self, p: Path) -> Checkpoint:
         root, a, _ = open_store(p, FORMAT, FORMAT_VERSION)
         if self.meta is not None and a.get("meta") != self.meta:
             diff = sorted(k for k in set(self.meta) | set(a.get("meta", {})) if self.meta.get(k) != a.get("meta", {}).get(k))
@@ -140,22 +146,10 @@ class Checkpointer:
         n_S = len(list(root["S"].array_keys())) if "S" in root else 0
         if n_S != a.get("n_S", 0):
             raise StoreError(f"checkpoint {str(p)!r}: expected {a.get('n_S')} S blocks, found {n_S}")
-        self._seq = seq
-        return Checkpoint(p, seq, a["phase"], int(a["iteration"]), arrays, n_S, a.get("state", {}), a["meta"])
+        return Checkpoint(p, int(a.get("seq", 0)), a["phase"], int(a["iteration"]), arrays, n_S, a.get("state", {}), a["meta"])
 
-    def save(self, *, phase: str, iteration: int, arrays: dict, S_blocks=None, state=None):
-        """Write a checkpoint atomically; return S_blocks re-read from it (short lineage) or None.
-
-        ``arrays``: name -> numpy array (names may contain ``/``); ``S_blocks``: per-block
-        Delayed/persisted S, written by the workers; ``state``: JSON-able dict.
-        """
-        self.path.mkdir(exist_ok=True)
-        if self._seq is None:
-            found = self._existing()
-            self._seq = found[-1][0] if found else 0
-        seq = self._seq + 1
-        final = self.path / f"ckpt-{seq:06d}.zarr"
-        with atomic_directory(final) as tmp:
+    def _write(self, final: Path, *, phase, iteration, arrays, S_blocks, state, seq):
+        with atomic_directory(final, overwrite=True) as tmp:
             root = zarr.open_group(str(tmp), mode="w-")
             ag = root.create_group("arrays")
             for name, arr in arrays.items():
@@ -171,14 +165,51 @@ class Checkpointer:
                 "dnmf_format": FORMAT, "format_version": FORMAT_VERSION, "seq": seq, "phase": phase,
                 "iteration": int(iteration), "n_S": n_S, "meta": self.meta, "state": state or {},
             }))
+        if S_blocks is None:
+            return None
+        return Checkpoint(final, seq, phase, iteration, {}, n_S, {}, self.meta).S_blocks()
+
+    def save(self, *, phase: str, iteration: int, arrays: dict, S_blocks=None, state=None):
+        """Write a checkpoint atomically; return S_blocks re-read from it (short lineage) or None.
+
+        ``arrays``: name -> numpy array; ``S_blocks``: per-block Delayed/persisted S, written by
+        the workers; ``state``: JSON-able dict. Older checkpoints are deleted afterwards.
+        """
+        self._mkdir()
+        if self._seq is None:
+            found = self._existing()
+            self._seq = found[-1][0] if found else 0
+        seq = self._seq + 1
+        out = self._write(self.path / f"ckpt-{seq:06d}.zarr", phase=phase, iteration=iteration, arrays=arrays,
+                          S_blocks=S_blocks, state=state, seq=seq)
         self._seq = seq
         for s, p in self._existing():
             if s < seq:
                 shutil.rmtree(p, ignore_errors=True)
-        if S_blocks is None:
-            return None
-        ck = Checkpoint(final, seq, phase, iteration, {}, n_S, {}, self.meta)
-        return ck.S_blocks()
+        return out
+
+    # -- completed stages (e.g. the layers of a hierarchical fit), kept until the fit ends --------
+    def save_stage(self, index: int, *, arrays: dict, S_blocks=None, state=None):
+        """Write the result of completed stage ``index`` (``stage-<index>.zarr``), atomically.
+
+        Stage stores are never deleted while the fit runs (S blocks read back from them keep
+        their lineage valid); returns the S blocks re-read from the stage store.
+        """
+        self._mkdir()
+        return self._write(self.path / f"stage-{index:03d}.zarr", phase=f"stage{index}", iteration=0, arrays=arrays,
+                           S_blocks=S_blocks, state=state, seq=0)
+
+    def stages(self) -> list:
+        """The completed stages 0, 1, ... (consecutive, each checked against ``meta``)."""
+        out = []
+        while (p := self.path / f"stage-{len(out):03d}.zarr").exists():
+            out.append(self._load(p))
+        return out
+
+    def _mkdir(self):
+        if not self.path.parent.exists():
+            raise DNMFValueError(f"checkpoint: expected a folder whose parent exists, found missing {str(self.path.parent)!r}")
+        self.path.mkdir(exist_ok=True)
 
     def remove(self):
         """Delete the checkpoint folder (after the final model is stored)."""
