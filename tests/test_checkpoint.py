@@ -43,41 +43,47 @@ class _Stop(Exception):
     pass
 
 
-def _interrupt_after(monkeypatch, n_saves):
-    """Make the fit die right after its n-th complete checkpoint (as a kill would)."""
+def _interrupt_after(monkeypatch, n_saves, phase=""):
+    """Make the fit die right after its n-th complete checkpoint of ``phase`` (as a kill would)."""
     orig = ckmod.Checkpointer.save
     count = []
 
     def save(self, **kw):
         out = orig(self, **kw)
-        count.append(kw["iteration"])
-        if len(count) == n_saves:
-            raise _Stop()
+        if kw["phase"].startswith(phase):
+            count.append(kw["iteration"])
+            if len(count) == n_saves:
+                raise _Stop()
         return out
 
     monkeypatch.setattr(ckmod.Checkpointer, "save", save)
     return count
 
 
-MODELS = {
-    "nmf": lambda: dd.NMF(4, max_iter=25, tol=0, random_state=0, chunk_rows=30, scheduler="threads"),
-    "ssnmf": lambda: dd.SSNMF(4, max_iter=25, tol=0, random_state=0, chunk_rows=30, scheduler="threads"),
-    "neural-pgd": lambda: dd.NeuralNMF((5, 3), epochs=9, tol=0, init_max_iter=15, random_state=0, chunk_rows=30, scheduler="threads"),
-    "neural-sgd": lambda: dd.NeuralNMF((5, 3), solver="sgd", epochs=9, learning_rate=1e-3, init="random", random_state=0,
-                                       chunk_rows=30, scheduler="threads"),
+_neural_pgd = lambda: dd.NeuralNMF((5, 3), epochs=9, tol=0, init_max_iter=15, random_state=0, chunk_rows=30,  # noqa: E731
+                                   scheduler="threads")
+MODELS = {  # factory, phase of the checkpoints after whose second one the fit dies
+    "nmf": (lambda: dd.NMF(4, max_iter=25, tol=0, random_state=0, chunk_rows=30, scheduler="threads"), "mu"),
+    "ssnmf": (lambda: dd.SSNMF(4, max_iter=25, tol=0, random_state=0, chunk_rows=30, scheduler="threads"), "mu"),
+    "neural-pgd": (_neural_pgd, "neural"),
+    "neural-pgd-in-init": (_neural_pgd, "layer"),  # dies inside the hierarchical initialisation
+    "neural-sgd": (lambda: dd.NeuralNMF((5, 3), solver="sgd", epochs=9, learning_rate=1e-3, init="random", random_state=0,
+                                        chunk_rows=30, scheduler="threads"), "neural"),
 }
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, name):
     X, y = _data()
-    ref = MODELS[name]().fit(X, y)
-    saves = _interrupt_after(monkeypatch, 2)
+    make, phase = MODELS[name]
+    ref = make().fit(X, y)
+    saves = _interrupt_after(monkeypatch, 2, phase)
     with pytest.raises(_Stop):
-        MODELS[name]().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=3)
-    assert saves == [3, 6] and [p.name for p in (tmp_path / "ck").iterdir()] == ["ckpt-000002.zarr"]  # older ones deleted
+        make().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=3)
+    folder = tmp_path / "ck" / ("init" if name.endswith("init") else "")
+    assert saves == [3, 6] and [p.name for p in folder.glob("ckpt-*")] == ["ckpt-000002.zarr"]  # older ones deleted
     monkeypatch.undo()
-    m = MODELS[name]().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=3, resume=True)
+    m = make().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=3, resume=True)
     for a, b in zip(m.A_, ref.A_):
         assert _rel(a, b) < 1e-8
     if getattr(ref, "B_", None) is not None:
@@ -91,7 +97,7 @@ def test_failed_checkpoint_write_leaves_previous_one(tmp_path, monkeypatch):
     """A write that dies half-way (here: the 3rd S block of the 2nd checkpoint) leaves no visible
     checkpoint behind; the previous one stays complete and resuming from it gives the same model."""
     X, y = _data()
-    ref = MODELS["ssnmf"]().fit(X, y)
+    ref = MODELS["ssnmf"][0]().fit(X, y)
     orig = ckmod._write_S
     calls = []
 
@@ -103,13 +109,13 @@ def test_failed_checkpoint_write_leaves_previous_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckmod, "_write_S", flaky)
     with pytest.raises(OSError, match="simulated"):
-        MODELS["ssnmf"]().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=4)
+        MODELS["ssnmf"][0]().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=4)
     monkeypatch.undo()
     names = sorted(p.name for p in (tmp_path / "ck").iterdir() if not p.name.startswith("."))
     assert names == ["ckpt-000001.zarr"]  # the half-written one never got its name, the first is intact
     ck = ckmod.Checkpointer(tmp_path / "ck", 4, None)
     assert ck._existing()[0][0] == 1
-    m = MODELS["ssnmf"]().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=4, resume=True)
+    m = MODELS["ssnmf"][0]().fit(X, y, checkpoint=tmp_path / "ck", checkpoint_every=4, resume=True)
     assert _rel(m.A_[0], ref.A_[0]) < 1e-8 and _rel(m.B_, ref.B_) < 1e-8
 
 

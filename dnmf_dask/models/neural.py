@@ -139,7 +139,8 @@ class NeuralNMF(HierarchicalNMF):
         checkpoint, checkpoint_every, resume : write the training state (A, B, the current
             cost and gradients, step size, iteration / epoch, RNG state, history) to the folder
             ``checkpoint`` every ``checkpoint_every`` iterations (pgd) or epochs (sgd), and with
-            ``resume=True`` continue from the newest one (see :meth:`dnmf_dask.NMF.fit`).
+            ``resume=True`` continue from the newest one (see :meth:`dnmf_dask.NMF.fit`). The
+            hierarchical initialisation checkpoints into ``checkpoint/init``.
         warm_start : a fitted NeuralNMF with the same ranks; its A and B replace the initialisation.
         """
         from ._run import check_warm_start, make_checkpointer, resume_point
@@ -178,7 +179,11 @@ class NeuralNMF(HierarchicalNMF):
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    h.fit(X, y, groups=groups)
+                    init_run = {}
+                    if ck is not None:  # the initial fit checkpoints into a sub-folder
+                        ck._mkdir()
+                        init_run = dict(checkpoint=ck.path / "init", checkpoint_every=ck.every, resume=resume)
+                    h.fit(X, y, groups=groups, **init_run)
                 As = [A.astype(dtype) for A in h.A_]
                 B = h.B_.astype(dtype) if getattr(h, "B_", None) is not None else None
                 self.init_model_ = h
