@@ -125,9 +125,15 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         codes[labeled] = np.searchsorted(self.classes_, y[labeled])
         return codes, len(self.classes_)
 
-    def fit(self, X, y=None, *, groups=None, observed=None):
-        """Fit layer by layer. ``y`` (-1 = unlabeled) makes the last layer semi-supervised."""
-        self._fit(X, y, groups=groups, observed=observed)
+    def fit(self, X, y=None, *, groups=None, observed=None, checkpoint=None, checkpoint_every=None, resume=False):
+        """Fit layer by layer. ``y`` (-1 = unlabeled) makes the last layer semi-supervised.
+
+        ``checkpoint``, ``checkpoint_every``, ``resume``: as :meth:`dnmf_dask.NMF.fit`; every
+        completed layer is stored as well, so a resumed fit skips the finished layers and
+        continues the current one from its last checkpoint.
+        """
+        self._fit(X, y, groups=groups, observed=observed,
+                  run=dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume))
         return self
 
     # hooks that DeepNMF overrides --------------------------------------------------------
@@ -139,14 +145,23 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         """The next layer's data from this layer's S blocks: here S itself (no pooling)."""
         return Blocks(S_blocks, data.offsets, k, data.dtype, False, None, persisted=True), g_parts, y_parts
 
-    def _fit_layers(self, X, y, *, groups, observed):
+    def _fit_layers(self, X, y, *, groups, observed, run=None):
         """The forward pass shared by HierarchicalNMF, DeepNMF and NeuralNMF's initialisation.
 
         Returns a dict with the blocks, input info, group ids and label codes, and per layer the
         S blocks (``forward_S``) and the data blocks each layer was fitted on (``inputs``).
+        ``run``: checkpoint options (see :meth:`fit`).
         """
+        from ._run import make_checkpointer, resume_point
+
+        run = run or {}
         ranks = self._validate_params()
         blocks, y, info = self._prepare(X, y, groups, observed)
+        ck = make_checkpointer(self, run.get("checkpoint"), run.get("checkpoint_every"), run.get("resume"), blocks, y)
+        done = ck.stages() if (ck is not None and run.get("resume")) else []
+        partial = resume_point(ck, run.get("resume"), tuple(f"layer{l}" for l in range(len(ranks))))
+        if partial is not None and partial.phase != f"layer{len(done)}":
+            partial = None  # a checkpoint of a layer that has been completed since
         g = self._layer_groups(info["groups"], blocks.n_samples)
         summary = data_summary(blocks)
         self._check_summary(summary)
@@ -162,29 +177,45 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         B = None
         for l, k in enumerate(ranks):
             last = l == len(ranks) - 1
-            summ = summary if l == 0 else data_summary(data)
             semi = getattr(self, "semi", False) and l == 0
-            if semi:
-                # Semi-NMF: strictly positive random S (zeros would stay zero under the
-                # multiplicative S update) and the least-squares A for it
-                S_blocks, _ = random_init(data, k, seed + l, summ["mean_abs"], data.dtype)
-                _, st0 = map_reduce(_semi_stats_task, list(zip(data.X, S_blocks)), keep_outputs=False)
-                A = semi_update_A(st0["XtS"], st0["StS"], data.dtype)
-            elif self.init == "random":
-                S_blocks, A = random_init(data, k, seed + l, summ["mean"], data.dtype)
-            else:
-                S_blocks, A = nndsvd_init(data, k, seed + l, summ["mean"], data.dtype, variant=self.init)
             codes_l = None if codes is None else np.concatenate(y_parts)
-            B0 = None
-            if last and n_classes and (codes_l >= 0).any():
-                if self.init_B == "lstsq":
-                    B0 = init_B_lstsq(data, S_blocks, codes_l, n_classes, data.dtype)
-                else:
-                    B0 = random_matrix(seed, (n_classes, k), 1.0 / np.sqrt(k), data.dtype, stream=3)
+            if l < len(done):  # finished before the interruption
+                d = done[l]
+                S_l = d.S_blocks()
+                As.append(d.arrays["A"])
+                S_layers.append(S_l)
+                hists.append(d.state["history"])
+                n_iters.append(int(d.state["n_iter"]))
+                reasons.append(d.state["stop_reason"])
+                B = d.arrays.get("B")
+                if not last:
+                    data, g_parts, y_parts = self._next_input(S_l, data, k, g_parts, y_parts)
+                    inputs.append(data.X)
+                continue
+            B0, start = None, None
+            if partial is not None:
+                S_blocks, A, B0 = partial.S_blocks(), partial.arrays["A"], partial.arrays.get("B")
+                start = {"iteration": partial.iteration, "history": partial.state["history"]}
+                partial = None
+            else:
+                S_blocks, A, B0 = self._init_layer(data, l, k, last, seed, summary if l == 0 else None, semi,
+                                                   codes_l, n_classes)
             log = (lambda msg, l=l: print(f"{type(self).__name__} layer {l}: {msg}")) if self.verbose else None
+            save = None
+            if ck is not None:
+                def save(it, S, A, B, hist, l=l):
+                    if ck.due(it):
+                        return ck.save(phase=f"layer{l}", iteration=it, arrays={"A": A, "B": B}, S_blocks=S,
+                                       state={"history": hist})
+                    return None
             res = fit_mu(data, S_blocks, A, B=B0, y=codes_l if B0 is not None else None,
                          lam=self.lam if B0 is not None else 0.0, max_iter=self.max_iter, tol=self.tol,
-                         semi=semi, keep_S=True, log=log)
+                         semi=semi, keep_S=True, log=log, start=start, checkpoint=save,
+                         progress_label=f"{type(self).__name__} layer {l}")
+            if ck is not None:
+                res.S_blocks = ck.save_stage(l, arrays={"A": res.A, "B": res.B if B0 is not None else None},
+                                             S_blocks=res.S_blocks, state={"history": res.history, "n_iter": res.n_iter,
+                                                                           "stop_reason": res.stop_reason})
             As.append(res.A)
             S_layers.append(res.S_blocks)
             hists.append(res.history)
@@ -194,6 +225,31 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
             if not last:
                 data, g_parts, y_parts = self._next_input(res.S_blocks, data, k, g_parts, y_parts)
                 inputs.append(data.X)
+        return self._store_layers(As, B, ranks, hists, n_iters, reasons, blocks, info, g, codes, S_layers, inputs)
+
+    def _init_layer(self, data, l, k, last, seed, summ, semi, codes_l, n_classes):
+        """Initial S blocks, A and (last layer with labels) B of layer ``l``."""
+        if summ is None:
+            summ = data_summary(data)
+        if semi:
+            # Semi-NMF: strictly positive random S (zeros would stay zero under the
+            # multiplicative S update) and the least-squares A for it
+            S_blocks, _ = random_init(data, k, seed + l, summ["mean_abs"], data.dtype)
+            _, st0 = map_reduce(_semi_stats_task, list(zip(data.X, S_blocks)), keep_outputs=False)
+            A = semi_update_A(st0["XtS"], st0["StS"], data.dtype)
+        elif self.init == "random":
+            S_blocks, A = random_init(data, k, seed + l, summ["mean"], data.dtype)
+        else:
+            S_blocks, A = nndsvd_init(data, k, seed + l, summ["mean"], data.dtype, variant=self.init)
+        B0 = None
+        if last and n_classes and (codes_l >= 0).any():
+            if self.init_B == "lstsq":
+                B0 = init_B_lstsq(data, S_blocks, codes_l, n_classes, data.dtype)
+            else:
+                B0 = random_matrix(seed, (n_classes, k), 1.0 / np.sqrt(k), data.dtype, stream=3)
+        return S_blocks, A, B0
+
+    def _store_layers(self, As, B, ranks, hists, n_iters, reasons, blocks, info, g, codes, S_layers, inputs):
         self.A_ = As
         self.B_ = B
         self.ranks_ = list(ranks)
@@ -221,9 +277,9 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         if st is not None and np.isfinite(rel[-1]):
             self.reconstruction_err_ = rel[-1] * float(np.sqrt(st["norm_X"]))  # ||X − S_L (A0…AL)ᵀ||
 
-    def _fit(self, X, y, *, groups, observed):
+    def _fit(self, X, y, *, groups, observed, run=None):
         with scheduler_context(self.scheduler):
-            state = self._fit_layers(X, y, groups=groups, observed=observed)
+            state = self._fit_layers(X, y, groups=groups, observed=observed, run=run)
             self._rel_errors(state["blocks"], state["forward_S"])
         return state
 

@@ -18,7 +18,9 @@ from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
 from ..kernels.neural import LABEL_LOSSES, chunk_cost_grad, fit_classifier
 from ..parallel.mapreduce import map_reduce
+from .. import progress
 from ..parallel.scheduler import scheduler_context
+from ..store.checkpoint import rng_from_json, rng_state_to_json
 from .base import data_summary, seed_from
 from .hierarchical import HierarchicalNMF, check_ranks
 
@@ -150,8 +152,19 @@ class NeuralNMF(HierarchicalNMF):
     def max_iter(self):  # HierarchicalNMF's API name for the iteration budget
         return self.epochs
 
-    def fit(self, X, y=None, *, groups=None, observed=None):
-        """Train on X (numpy, scipy.sparse, dask array or corpus) and labels y (−1 = unlabeled)."""
+    def fit(self, X, y=None, *, groups=None, observed=None, checkpoint=None, checkpoint_every=None, resume=False,
+            warm_start=None):
+        """Train on X (numpy, scipy.sparse, dask array or corpus) and labels y (−1 = unlabeled).
+
+        checkpoint, checkpoint_every, resume : write the training state (A, B, the current
+            cost and gradients, step size, iteration / epoch, RNG state, history) to the folder
+            ``checkpoint`` every ``checkpoint_every`` iterations (pgd) or epochs (sgd), and with
+            ``resume=True`` continue from the newest one (see :meth:`dnmf_dask.NMF.fit`). The
+            hierarchical initialisation checkpoints into ``checkpoint/init``.
+        warm_start : a fitted NeuralNMF with the same ranks; its A and B replace the initialisation.
+        """
+        from ._run import check_warm_start, make_checkpointer, resume_point
+
         if observed is not None:
             raise DNMFValueError("observed: expected None (Neural NMF does not support missing data), found a mask")
         ranks = self._validate_params()
@@ -164,7 +177,22 @@ class NeuralNMF(HierarchicalNMF):
             seed = seed_from(self.random_state)
             codes, n_classes = self._encode_labels(y)
             dtype = np.float64
-            if self.init == "hierarchical":
+            ck = make_checkpointer(self, checkpoint, checkpoint_every, resume, blocks, y)
+            resumed = resume_point(ck, resume, ("neural",))
+            warm = check_warm_start(self, warm_start, blocks.n_features)
+            if warm is not None and [A.shape[1] for A in warm.A_] != list(ranks):
+                raise DNMFValueError(f"warm_start: expected a model with ranks {ranks}, found {[A.shape[1] for A in warm.A_]}")
+            if resumed is not None:
+                As = [resumed.arrays[f"A{l}"] for l in range(len(ranks))]
+                B = resumed.arrays.get("B")
+                self.init_model_ = None
+            elif warm is not None:
+                As = [np.asarray(A, dtype=dtype) for A in warm.A_]
+                B = None
+                if n_classes and getattr(warm, "B_", None) is not None and np.array_equal(warm.classes_, self.classes_):
+                    B = np.asarray(warm.B_, dtype=dtype)
+                self.init_model_ = None
+            elif self.init == "hierarchical":
                 # the hierarchical SSNMF's label term is a squared error; for cross-entropy the
                 # layers start unsupervised and B is fitted to them (refit_B below)
                 ce = self.label_loss == "cross_entropy"
@@ -174,7 +202,11 @@ class NeuralNMF(HierarchicalNMF):
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    h.fit(X, None if ce else y, groups=groups)
+                    init_run = {}
+                    if ck is not None:  # the initial fit checkpoints into a sub-folder
+                        ck._mkdir()
+                        init_run = dict(checkpoint=ck.path / "init", checkpoint_every=ck.every, resume=resume)
+                    h.fit(X, None if ce else y, groups=groups, **init_run)
                 As = [A.astype(dtype) for A in h.A_]
                 B = h.B_.astype(dtype) if getattr(h, "B_", None) is not None else None
                 self.init_model_ = h
@@ -221,15 +253,40 @@ class NeuralNMF(HierarchicalNMF):
                 return evaluate(As, B_new), B_new
 
             L = len(ranks)
-            st, B = refit_B(evaluate(As, B), As, B)
-            record(st, 0.0)
-            stop_reason, n_iter = "max_iter", 0
+            first, t, rng = 1, None, None
+            if resumed is not None:
+                first = resumed.iteration + 1
+                hist = {k: list(v) for k, v in resumed.state["history"].items()}
+                st = dict(resumed.state["stats"])
+                st.update({k[3:]: v for k, v in resumed.arrays.items() if k.startswith("st_")})
+                t = resumed.state.get("step")
+                if resumed.state.get("rng") is not None:
+                    rng = rng_from_json(resumed.state["rng"])
+            else:
+                st, B = refit_B(evaluate(As, B), As, B)
+                record(st, 0.0)
+
+            def save(it, step=None, rng=None):
+                if ck is None or not ck.due(it) or it >= self.epochs:
+                    return
+                arrays = {f"A{l}": A for l, A in enumerate(As)}
+                arrays["B"] = B
+                arrays.update({f"st_{k}": v for k, v in st.items() if isinstance(v, np.ndarray)})
+                # (the labeled rows' codes SL_lab / y_lab are not needed to continue)
+                scal = {k: v for k, v in st.items() if not isinstance(v, (np.ndarray, list))}
+                ck.save(phase="neural", iteration=it, arrays=arrays, state={
+                    "history": hist, "stats": scal, "step": step,
+                    "rng": None if rng is None else rng_state_to_json(rng)})
+
+            stop_reason, n_iter = "max_iter", first - 1
+            bar = progress.Progress(f"NeuralNMF {self.solver}", self.epochs, start=first - 1)
             if self.solver == "pgd":
                 # per-variable scaling: each factor moves relative to its own size, so that B and
                 # the deep factors are not frozen by the step the large A0 gradient allows
-                t = 0.1 if self.step_scaling == "block" else 1.0 / max(
-                    np.sqrt(sum(np.sum(st[f"gA{l}"] ** 2) for l in range(L))), 1e-300)
-                for it in range(1, self.epochs + 1):
+                if t is None:
+                    t = 0.1 if self.step_scaling == "block" else 1.0 / max(
+                        np.sqrt(sum(np.sum(st[f"gA{l}"] ** 2) for l in range(L))), 1e-300)
+                for it in range(first, self.epochs + 1):
                     grads = [self._direction(A, st[f"gA{l}"]) for l, A in enumerate(As)]
                     # B joins the gradient step unless it has its own exact step (refit_B): its
                     # near-zero gradient, scaled to ||B||, would only force tiny steps on the A's
@@ -261,13 +318,16 @@ class NeuralNMF(HierarchicalNMF):
                     t *= 2.0  # try a longer step next time
                     if self.step_scaling == "block":
                         t = min(t, MAX_RELATIVE_STEP)
+                    bar.update(it)
                     if self.tol > 0 and prev - st["cost"] <= self.tol * abs(prev):
                         stop_reason = "tol"
                         break
+                    save(it, step=t)
             else:
-                rng = np.random.default_rng([seed, 99])
+                if rng is None:
+                    rng = np.random.default_rng([seed, 99])
                 n = blocks.n_samples
-                for ep in range(1, self.epochs + 1):
+                for ep in range(first, self.epochs + 1):
                     lr = self.learning_rate / (1.0 + self.decay * (ep - 1))
                     for i in rng.permutation(blocks.n_blocks):
                         sb = evaluate(As, B, idx=[i])
@@ -280,6 +340,9 @@ class NeuralNMF(HierarchicalNMF):
                     n_iter = ep
                     if self.verbose:
                         print(f"NeuralNMF epoch {ep}: cost {st['cost']:.6g} rel_error {hist['rel_error'][-1]:.4f}")
+                    bar.update(ep)
+                    save(ep, rng=rng)
+            bar.close()
             for A in As:
                 if A.min() < 0:  # pragma: no cover - projection guarantees it
                     raise AssertionError("NeuralNMF: a factor became negative")

@@ -109,14 +109,32 @@ class NMF(BaseFactorization):
             check_choice(self.init_B, "init_B", ("lstsq", "random"))
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
-        """Fit to X (numpy, scipy.sparse, dask array or an opened corpus). Returns self."""
-        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False)
+    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None, checkpoint=None, checkpoint_every=None,
+            resume=False, warm_start=None):
+        """Fit to X (numpy, scipy.sparse, dask array or an opened corpus). Returns self.
+
+        Run options (they never change the model a fit converges to):
+
+        checkpoint : folder, optional
+            Write the whole state (A, B, every row block's S, iteration, history) there every
+            ``checkpoint_every`` iterations (default 10), atomically (see
+            :mod:`dnmf_dask.store.checkpoint`).
+        resume : bool
+            Continue from the newest checkpoint in ``checkpoint`` (start afresh when there is
+            none); the result equals an uninterrupted fit.
+        warm_start : fitted estimator of the same class, optional
+            Start from its A (and B when the classes agree); S starts as its ``transform`` of X.
+        """
+        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False,
+                  run=dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, warm_start=warm_start))
         return self
 
-    def fit_transform(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
-        """Fit and return S (n_samples, k): numpy for in-memory X, a lazy dask array otherwise."""
-        return self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=True)
+    def fit_transform(self, X, y=None, *, groups=None, observed=None, W=None, H=None, **run):
+        """Fit and return S (n_samples, k): numpy for in-memory X, a lazy dask array otherwise.
+
+        ``run``: ``checkpoint``, ``checkpoint_every``, ``resume``, ``warm_start`` as in :meth:`fit`.
+        """
+        return self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=True, run=run)
 
     def _init_factors(self, blocks, summary, seed, W, H):
         k = self.n_components
@@ -143,7 +161,24 @@ class NMF(BaseFactorization):
     def _labels(self, y):
         return None, None  # NMF ignores labels
 
-    def _fit(self, X, y, *, groups, observed, W, H, return_S):
+    def _warm_factors(self, blocks, model, n_classes, summary):
+        """S blocks (the model's transform of X), A and B (when the classes agree) of ``model``."""
+        A = np.asarray(model.A_[0], dtype=blocks.dtype)
+        if A.shape[1] != self.n_components:
+            raise DNMFValueError(f"warm_start: expected a model with n_components={self.n_components}, found {A.shape[1]}")
+        scale = getattr(model, "_transform_scale", float(np.sqrt(max(summary["mean"], 0.0) / self.n_components)))
+        Ws = blocks.W or [None] * blocks.n_blocks
+        S_blocks, _ = map_reduce(_transform_task, list(zip(blocks.X, Ws)), A=A, scale=scale,
+                                 max_iter=self.transform_max_iter, tol=1e-4, dtype=blocks.dtype)
+        B = None
+        if n_classes and getattr(model, "B_", None) is not None and np.array_equal(getattr(model, "classes_", []), self.classes_):
+            B = np.asarray(model.B_, dtype=blocks.dtype)
+        return S_blocks, A, B
+
+    def _fit(self, X, y, *, groups, observed, W, H, return_S, run=None):
+        from ._run import check_warm_start, make_checkpointer, resume_point
+
+        run = run or {}
         self._validate_params()
         with scheduler_context(self.scheduler):
             blocks, y, info = self._prepare(X, y, groups, observed, need_labels=False)
@@ -155,18 +190,33 @@ class NMF(BaseFactorization):
                     f"n_components: expected <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)} for init={self.init!r}, found {k}"
                 )
             seed = seed_from(self.random_state)
-            S_blocks, A = self._init_factors(blocks, summary, seed, W, H)
+            ck = make_checkpointer(self, run.get("checkpoint"), run.get("checkpoint_every"), run.get("resume"), blocks, y)
+            resumed = resume_point(ck, run.get("resume"), ("mu",))
+            warm = check_warm_start(self, run.get("warm_start"), blocks.n_features)
             y_codes, n_classes = self._labels(y)
             lam = float(getattr(self, "lam", 0.0))
-            B = None
-            if n_classes:
+            start, B = None, None
+            if resumed is not None:
+                S_blocks, A, B = resumed.S_blocks(), resumed.arrays["A0"], resumed.arrays.get("B")
+                start = {"iteration": resumed.iteration, "history": resumed.state["history"]}
+            elif warm is not None:
+                S_blocks, A, B = self._warm_factors(blocks, warm, n_classes, summary)
+            else:
+                S_blocks, A = self._init_factors(blocks, summary, seed, W, H)
+            if n_classes and B is None:
                 if getattr(self, "init_B", "random") == "lstsq":
                     B = init_B_lstsq(blocks, S_blocks, y_codes, n_classes, blocks.dtype)
                 else:
                     B = self._init_B(n_classes, seed, blocks.dtype)
             log = (lambda msg: print(f"{type(self).__name__}: {msg}")) if self.verbose else None
+            save = None
+            if ck is not None:
+                def save(it, S, A, B, hist):
+                    if ck.due(it):
+                        return ck.save(phase="mu", iteration=it, arrays={"A0": A, "B": B}, S_blocks=S, state={"history": hist})
+                    return None
             res = fit_mu(blocks, S_blocks, A, B=B, y=y_codes, lam=lam, max_iter=self.max_iter, tol=self.tol,
-                         keep_S=return_S, log=log)
+                         keep_S=return_S, log=log, start=start, checkpoint=save, progress_label=type(self).__name__)
             A, B, hist, st, S_out = res.A, res.B, res.history, res.final, res.S_blocks
             n_iter, stop_reason = res.n_iter, res.stop_reason
             self.A_ = [A]
@@ -266,9 +316,14 @@ class SSNMF(ClassifierMixin, NMF):
         self.lam = lam
         self.init_B = init_B
 
-    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
-        """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one)."""
-        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False)
+    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None, checkpoint=None, checkpoint_every=None,
+            resume=False, warm_start=None):
+        """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one).
+
+        ``checkpoint``, ``checkpoint_every``, ``resume``, ``warm_start``: see :meth:`NMF.fit`.
+        """
+        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False,
+                  run=dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, warm_start=warm_start))
         return self
 
     def _labels(self, y):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import progress
 from ..kernels.nmf import block_step, semi_block_step, semi_update_A, update_factor
 from .blocks import Blocks
 from .mapreduce import map_reduce
@@ -31,7 +32,7 @@ class MUResult:
 
 
 def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200, tol=1e-4, semi=False,
-           keep_S=True, log=None) -> MUResult:
+           keep_S=True, log=None, start=None, checkpoint=None, progress_label="iteration") -> MUResult:
     """Run multiplicative updates until ``tol`` or ``max_iter``.
 
     Parameters
@@ -41,6 +42,12 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     semi : Semi-NMF (A free in sign) instead of NMF.
     keep_S : keep the final S blocks (persisted) in the result.
     log : callable(str) for progress lines, or None.
+    start : dict or None
+        Resume after iteration ``start["iteration"]`` with its ``history`` (``S_blocks``, ``A``,
+        ``B`` are then the state after that iteration, e.g. from a checkpoint).
+    checkpoint : callable(iteration, S_blocks, A, B, history) -> S_blocks, or None
+        Called after every iteration that does not end the fit; returns the S blocks to go on
+        with (a checkpoint re-reads them from the store it wrote, which shortens their lineage).
 
     The objective of iteration t is computed by the pass of iteration t+1 (at no cost); one last
     pass evaluates the final state. ``history`` lists, per iteration, ``objective``, ``loss_X``,
@@ -49,6 +56,10 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     y_parts = blocks.split(y)
     W_parts = blocks.W or [None] * blocks.n_blocks
     hist = {k: [] for k in ("objective", "loss_X", "loss_Y", "rel_error", "accuracy_labeled")}
+    first = 1
+    if start is not None:
+        first = int(start["iteration"]) + 1
+        hist = {k: list(start["history"].get(k, [])) for k in hist}
 
     def record(st):
         lossY = st.get("loss_Y", 0.0)
@@ -65,8 +76,9 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
             A=A, AtA=A.T @ A, B=B, lam=lam, update_S=update_S, semi=semi,
         )
 
-    stop_reason, n_iter = "max_iter", 0
-    for it in range(1, max_iter + 1):
+    stop_reason, n_iter = "max_iter", first - 1
+    bar = progress.Progress(progress_label, max_iter, start=first - 1)
+    for it in range(first, max_iter + 1):
         S_blocks, st = run(True, True)
         if it > 1:
             record(st)  # objective after iteration it-1
@@ -81,10 +93,14 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
         n_iter = it
         if log is not None and hist["objective"]:
             log(f"iteration {it}: objective {hist['objective'][-1]:.6g}, rel_error {hist['rel_error'][-1]:.4f}")
+        bar.update(it)
         h = hist["objective"]
         if tol > 0 and len(h) >= 2 and (h[-2] - h[-1]) <= tol * abs(h[-2]):
             stop_reason = "tol"
             break
+        if checkpoint is not None and it < max_iter:
+            S_blocks = checkpoint(it, S_blocks, A, B, hist) or S_blocks
+    bar.close()
     S_out, st = run(False, keep_S)
     record(st)
     return MUResult(S_out if keep_S else None, A, B, hist, n_iter, stop_reason, st)
