@@ -216,7 +216,7 @@ class NMF(BaseFactorization):
     def _labels(self, y):
         return None, None  # NMF ignores labels
 
-    def _fit(self, X, y, *, groups, observed, W, H, return_S):
+    def _fit(self, X, y, *, groups, observed, W, H, return_S, B_start=None):
         self._validate_params()
         with scheduler_context(self.scheduler):
             blocks, y, info = self._prepare(X, y, groups, observed, need_labels=False)
@@ -233,7 +233,12 @@ class NMF(BaseFactorization):
             lam = float(getattr(self, "lam", 0.0))
             B = None
             if n_classes:
-                if getattr(self, "init_B", "random") == "lstsq":
+                if B_start is not None:
+                    B = check_matrix(B_start, "B", allow_dask=False)
+                    if B.shape != (n_classes, k):
+                        raise DNMFValueError(f"B: expected shape {(n_classes, k)}, found {B.shape}")
+                    B = np.array(B, dtype=blocks.dtype)
+                elif getattr(self, "init_B", "random") == "lstsq":
                     B = init_B_lstsq(blocks, S_blocks, y_codes, n_classes, blocks.dtype)
                 else:
                     B = self._init_B(n_classes, seed, blocks.dtype)
@@ -359,10 +364,18 @@ class SSNMF(ClassifierMixin, NMF):
         self.init_B = init_B
         self.label_loss = label_loss
 
-    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
-        """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one)."""
-        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False)
+    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None, B=None):
+        """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one).
+
+        ``B`` (n_classes, k), optional: the classifier's start (with ``init='custom'``'s W and H,
+        e.g. to continue a run of another implementation); default: ``init_B``.
+        """
+        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False, B_start=B)
         return self
+
+    def fit_transform(self, X, y=None, *, groups=None, observed=None, W=None, H=None, B=None):
+        """Fit (as :meth:`fit`) and return S (n_samples, k)."""
+        return self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=True, B_start=B)
 
     def _labels(self, y):
         if y is None:
