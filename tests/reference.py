@@ -95,3 +95,23 @@ def anls(X, A, S, n_iter=10):
         A = np.vstack([nnls(S.T, X[i])[0] for i in range(X.shape[0])])
         objs.append(np.sum((X - A @ S) ** 2))
     return A, S, np.array(objs)
+
+
+def ssnmf_ce_mu(X, A, S, B, Y, L, lam, n_iter=20):
+    """SSNMF with Frobenius data term and cross-entropy label term −Σ_labeled Y log softmax(B S)
+    (softmax over classes, per sample column), by split-gradient multiplicative updates: the
+    gradient (P − Y) of the cross-entropy contributes λ Bᵀ Y to the numerator and λ Bᵀ P to the
+    denominator. Order per iteration: S, then A, then B. L (M,) bool marks labeled columns."""
+    A, S, B = A.copy(), S.copy(), B.copy()
+    Y = Y * L
+
+    def probs(S):
+        Z = B @ S
+        E = np.exp(Z - Z.max(axis=0))
+        return E / E.sum(axis=0) * L
+
+    for _ in range(n_iter):
+        S = S * _div(2 * A.T @ X + lam * B.T @ Y, 2 * A.T @ A @ S + lam * B.T @ probs(S))
+        A = A * _div(X @ S.T, A @ S @ S.T)
+        B = B * _div(Y @ S.T, probs(S) @ S.T)
+    return A, S, B

@@ -259,3 +259,58 @@ def test_six_ssnmf_models_match_the_package(rng, model):
     assert _rel(m.A_[0], A_ref) < 1e-6 and _rel(S, S_ref.T) < 1e-6
     if label_loss:
         assert _rel(m.B_, B_ref) < 1e-6
+
+
+# -- gradients of every term and the cross-entropy label loss -----------------------------------
+@pytest.mark.parametrize("term, loss", [("data", "frobenius"), ("data", "kullback-leibler"), ("label", "frobenius"),
+                                        ("label", "kullback-leibler"), ("label", "cross-entropy")])
+def test_mu_split_is_the_gradient(rng, term, loss):
+    # multiplicative updates use num/den with c·(den − num) = ∂loss/∂S; check against finite differences
+    from dnmf_dask.kernels.nmf import one_hot
+    from dnmf_dask.kernels.solvers import data_term, label_term, weight
+
+    n, f, k, p = 12, 7, 3, 4
+    S = rng.random((n, k)) + 0.2
+    if term == "data":
+        X, A = rng.random((n, f)), rng.random((f, k))
+        fun = lambda S: data_term(X, S, A, None, loss, A.T @ A, float(np.sum(X * X)))  # noqa: E731
+    else:
+        y = rng.integers(0, p, n)
+        y[:3] = -1
+        B, Y = rng.random((p, k)), one_hot(y, p)
+        fun = lambda S: label_term(Y, y >= 0, S, B, loss)  # noqa: E731
+    value, num, den = fun(S)
+    grad = weight(loss) * (np.asarray(den) - np.asarray(num))
+    fd = np.zeros_like(S)
+    h = 1e-6
+    for i in range(n):
+        for j in range(k):
+            E = np.zeros_like(S)
+            E[i, j] = h
+            fd[i, j] = (fun(S + E)[0] - fun(S - E)[0]) / (2 * h)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_cross_entropy_ssnmf_matches_reference_and_classifies(rng):
+    from .reference import ssnmf_ce_mu
+
+    n, f, k, p = 60, 20, 4, 3
+    y = np.repeat(np.arange(p), n // p)
+    X = rng.random((n, f)) * 0.3
+    for c in range(p):
+        X[y == c, c * 6:(c + 1) * 6] += 1.0
+    y_obs = y.copy()
+    y_obs[rng.random(n) < 0.3] = -1
+    S0, A0, B0 = rng.random((n, k)), rng.random((f, k)), rng.random((p, k))
+    m = dd.SSNMF(k, lam=2.0, label_loss="cross-entropy", init="custom", max_iter=30, tol=0, chunk_rows=16,
+                 scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        S = m.fit_transform(X, y_obs, W=S0, H=A0.T, B=B0)
+    Y = np.zeros((p, n))
+    Y[y_obs[y_obs >= 0], np.flatnonzero(y_obs >= 0)] = 1
+    A_ref, S_ref, B_ref = ssnmf_ce_mu(X.T, A0, S0.T, B0, Y, y_obs >= 0, 2.0, n_iter=30)
+    assert _rel(m.A_[0], A_ref) < 1e-8 and _rel(S, S_ref.T) < 1e-8 and _rel(m.B_, B_ref) < 1e-8
+    h = m.history_
+    assert h["loss_Y"][-1] < h["loss_Y"][0] and h["objective"][-1] < h["objective"][0]
+    assert h["accuracy_labeled"][-1] == 1.0
