@@ -207,6 +207,37 @@ def cmd_demo(args):
     return results
 
 
+def _candidates(text):
+    """'2-12' or '2,4,8' -> list of ints (argparse type)."""
+    try:
+        if "-" in text:
+            lo, hi = (int(t) for t in text.split("-", 1))
+            return list(range(lo, hi + 1))
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a range like 2-12 or a list like 2,4,8, found {text!r}") from None
+
+
+def cmd_select_ranks(args):
+    from .models.selection import select_ranks
+    from .parallel.scheduler import scheduler_context
+    from .store import open_corpus
+
+    corpus = open_corpus(args.corpus)
+    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+        res = select_ranks(corpus, args.candidates, method=args.method, n_layers=args.layers, n_restarts=args.restarts,
+                           random_state=args.seed, max_iter=args.max_iter, max_samples=args.max_samples)
+    print(res.to_text())
+    for path, write in ((args.csv, res.to_csv), (args.plot, res.plot)):
+        if path:
+            out = Path(path)
+            tmp = out.with_name(f".tmp-{out.name}")  # keeps the suffix (matplotlib picks the format from it)
+            write(tmp)
+            os.replace(tmp, out)
+    print(f"selected ranks: {','.join(map(str, res.ranks))} ({res.method}, {res.elapsed:.1f}s)")
+    return res
+
+
 # -- parser ------------------------------------------------------------------------------
 def build_parser():
     p = argparse.ArgumentParser(prog="dnmf", description="Distributed hierarchical NMF topic models on dask.")
@@ -258,6 +289,20 @@ def build_parser():
     pd.add_argument("--chunk-rows", type=int, default=4000)
     _scheduler_arg(pd)
     pd.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser("select-ranks", help="choose the rank of each layer (reconstruction elbow or restart stability)")
+    pr.add_argument("corpus", help="corpus store")
+    pr.add_argument("--candidates", type=_candidates, default=list(range(2, 11)), help="ranks to try, e.g. 2-12 or 5,10,20")
+    pr.add_argument("--method", choices=("elbow", "stability"), default="elbow")
+    pr.add_argument("--layers", type=int, default=1, help="layers of a hierarchy to select (each on the previous S)")
+    pr.add_argument("--restarts", type=int, default=8, help="seeded restarts per candidate (parallel tasks)")
+    pr.add_argument("--max-iter", type=int, default=300)
+    pr.add_argument("--max-samples", type=int, default=None, help="use a random subset of rows")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--csv", default=None, help="write the table here")
+    pr.add_argument("--plot", default=None, help="write the figure here (.png)")
+    _scheduler_arg(pr)
+    pr.set_defaults(func=cmd_select_ranks)
     return p
 
 
