@@ -68,3 +68,38 @@ def test_cli_select_ranks(rng, tmp_path, capsys):
     assert code == 0 and "selected ranks: 4" in out
     assert (tmp_path / "r.csv").exists() and (tmp_path / "r.png").exists()
     assert main(["select-ranks", str(tmp_path / "c.zarr"), "--candidates", "2-99", "--scheduler", "threads"]) == 2
+
+
+def test_hierarchical_auto_ranks_and_solvers(rng):
+    X = _planted(rng)
+    m = dd.HierarchicalNMF("auto", rank_candidates=range(2, 8), n_layers=2, max_iter=60, tol=0, random_state=0,
+                           scheduler="threads", solver="hals")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(X)
+    assert m.ranks_[0] == 4 and m.ranks_ == m.rank_selection_.ranks and len(m.ranks_) == 2
+    assert m.A_[0].shape == (X.shape[1], 4) and m.A_[1].shape == (4, m.ranks_[1])
+    for h in m.layer_history_:
+        assert np.all(np.diff(h["objective"]) <= 1e-12 * np.abs(h["objective"][:-1]))
+    with pytest.raises(DNMFValueError, match="ranks"):
+        dd.DeepNMF("auto").fit(X)
+    with pytest.raises(DNMFValueError, match="solver"):
+        dd.HierarchicalNMF((3, 2), semi=True, solver="hals").fit(X)
+
+
+def test_hierarchical_kl_layers_with_kl_labels(rng):
+    import warnings
+
+    X = _planted(rng)
+    y = np.arange(X.shape[0]) % 4
+    y[::3] = -1
+    m = dd.HierarchicalNMF((4, 3), beta_loss="kl", label_loss="kl", max_iter=40, tol=0, random_state=0,
+                           scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(X, y)
+    for h in m.layer_history_:
+        assert np.all(np.diff(h["objective"]) <= 1e-12 * np.abs(h["objective"][:-1]))
+    assert m.layer_history_[-1]["loss_Y"][-1] < m.layer_history_[-1]["loss_Y"][0]
