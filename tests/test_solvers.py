@@ -183,8 +183,8 @@ def test_solvers_agree_across_schedulers(rng, local_cluster):
     W0, H0 = _start(rng, X, 3)
     a, _ = _fit(X, W0, H0, n_iter=5, solver="hals", chunk_rows=30, scheduler="threads")
     b, _ = _fit(X, W0, H0, n_iter=5, solver="hals", chunk_rows=7, scheduler="synchronous")
-    c, _ = _fit(X, W0, H0, n_iter=5, beta_loss="kl", chunk_rows=30, scheduler="threads")
-    d, _ = _fit(X, W0, H0, n_iter=5, beta_loss="kl", chunk_rows=20, scheduler=local_cluster)
+    c, _ = _fit(X, W0, H0, n_iter=2, beta_loss="kl", chunk_rows=30, scheduler="threads")
+    d, _ = _fit(X, W0, H0, n_iter=2, beta_loss="kl", chunk_rows=40, scheduler=local_cluster)
     assert _rel(a.A_[0], b.A_[0]) < 1e-10 and _rel(c.A_[0], d.A_[0]) < 1e-10
 
 
@@ -314,3 +314,16 @@ def test_cross_entropy_ssnmf_matches_reference_and_classifies(rng):
     h = m.history_
     assert h["loss_Y"][-1] < h["loss_Y"][0] and h["objective"][-1] < h["objective"][0]
     assert h["accuracy_labeled"][-1] == 1.0
+
+
+@pytest.mark.parametrize("kw", [dict(solver="hals"), dict(solver="anls"), dict(beta_loss="kl"),
+                                dict(alpha_W=0.01, l1_ratio=0.5)])
+def test_every_solver_reports_tol_stop(rng, kw):
+    X = _data(rng)
+    m = dd.NMF(3, max_iter=400, tol=1e-4, random_state=0, scheduler="threads", **kw).fit(X)
+    h = m.history_["objective"]
+    assert m.stop_reason_ == "tol" and m.n_iter_ < 400 and len(h) == m.n_iter_
+    assert h[-3] - h[-2] <= 1e-4 * h[-3]  # the check that stopped it (see NMF's tol docs)
+    with pytest.warns(dd.errors.ConvergenceWarning):
+        m2 = dd.NMF(3, max_iter=3, tol=1e-12, random_state=0, scheduler="threads", **kw).fit(X)
+    assert m2.stop_reason_ == "max_iter" and m2.n_iter_ == 3

@@ -247,7 +247,6 @@ class NMF(BaseFactorization):
             check_solver_supports_mask(opts, blocks, summary)
             res = fit_mu(blocks, S_blocks, A, B=B, y=y_codes, lam=lam, max_iter=self.max_iter, tol=self.tol,
                          keep_S=return_S, log=log, opts=opts)
-            self._opts = None if opts.is_default else opts
             A, B, hist, st, S_out = res.A, res.B, res.history, res.final, res.S_blocks
             n_iter, stop_reason = res.n_iter, res.stop_reason
             self.A_ = [A]
@@ -281,9 +280,15 @@ class NMF(BaseFactorization):
             parts, _ = map_reduce(
                 _transform_task, list(zip(blocks.X, W_parts)), A=A,
                 scale=self._transform_scale, max_iter=self.transform_max_iter, tol=self.tol, dtype=blocks.dtype,
-                opts=getattr(self, "_opts", None),
+                opts=self._transform_opts(),
             )
             return self._gather(blocks, parts, A.shape[1], blocks.dtype, info["kind"])
+
+    def _transform_opts(self):
+        """The fit's loss/solver/S penalty for the S-only updates (None: Frobenius MU); from the
+        parameters, so a model loaded from a store transforms as it was fitted."""
+        opts = solver_options(self, 0, self.n_features_in_)  # n_samples = 0: no A penalty (A is fixed)
+        return None if opts.is_default else opts
 
     def inverse_transform(self, S):
         """S Aᵀ (n_samples, n_features)."""
