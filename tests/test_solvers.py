@@ -223,8 +223,9 @@ MODELS = {1: ("frobenius", None), 2: ("kullback-leibler", None), 3: ("frobenius"
           6: ("kullback-leibler", "kullback-leibler")}
 
 
+@pytest.mark.parametrize("mask", [False, True])
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_six_ssnmf_models_match_the_package(rng, model):
+def test_six_ssnmf_models_match_the_package(rng, model, mask):
     SSNMF_N = _ssnmf_numpy()
     loss, label_loss = MODELS[model]
     n, f, k, p, n_iter = 60, 20, 4, 3, 15
@@ -235,7 +236,10 @@ def test_six_ssnmf_models_match_the_package(rng, model):
     Y[y[y >= 0], np.flatnonzero(y >= 0)] = 1
     L = np.tile((y >= 0).astype(float), (p, 1))
     A0, S0, B0 = rng.random((f, k)), rng.random((k, n)), rng.random((p, k))
+    obs = rng.random((n, f)) > 0.2 if mask else None
     kw = dict(modelNum=model, A=A0.copy(), S=S0.copy())
+    if mask:
+        kw["W"] = obs.T.astype(float)
     if label_loss:
         kw.update(Y=Y, B=B0.copy(), L=L, lam=0.7)
     ref = SSNMF_N(X.T.copy(), k, **kw)
@@ -251,10 +255,10 @@ def test_six_ssnmf_models_match_the_package(rng, model):
         warnings.simplefilter("ignore")
         if label_loss:
             m = dd.SSNMF(k, lam=0.7, label_loss=label_loss, **common)
-            S = m.fit_transform(X, y, W=S0.T, H=A1.T, B=B1)
+            S = m.fit_transform(X, y, W=S0.T, H=A1.T, B=B1, observed=obs)
         else:
             m = dd.NMF(k, **common)
-            S = m.fit_transform(X, W=S0.T, H=A1.T)
+            S = m.fit_transform(X, W=S0.T, H=A1.T, observed=obs)
     A_ref, S_ref, B_ref = states[n_iter][0], states[n_iter - 1][1], states[n_iter][2]
     assert _rel(m.A_[0], A_ref) < 1e-6 and _rel(S, S_ref.T) < 1e-6
     if label_loss:
@@ -327,3 +331,16 @@ def test_every_solver_reports_tol_stop(rng, kw):
     with pytest.warns(dd.errors.ConvergenceWarning):
         m2 = dd.NMF(3, max_iter=3, tol=1e-12, random_state=0, scheduler="threads", **kw).fit(X)
     assert m2.stop_reason_ == "max_iter" and m2.n_iter_ == 3
+
+
+@pytest.mark.parametrize("solver", ["hals", "anls"])
+def test_ssnmf_exact_solvers_decrease_objective(rng, solver):
+    X = _data(rng)
+    y = np.arange(X.shape[0]) % 3
+    y[::4] = -1
+    m = dd.SSNMF(4, lam=0.5, solver=solver, max_iter=15, tol=0, random_state=0, chunk_rows=30, scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(X, y)
+    assert _non_increasing(m.history_["objective"]) and m.n_iter_ == 15
+    assert (m.A_[0] >= 0).all() and (m.B_ >= 0).all()
