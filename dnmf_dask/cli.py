@@ -101,12 +101,18 @@ def _make_model(args):
 
     ranks = args.ranks or (args.rank,)
     common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed)
+    losses = dict(solver=args.solver, beta_loss=args.beta_loss)
     if args.model == "nmf":
-        return models.NMF(ranks[0], init=args.init, **common)
+        return models.NMF(ranks[0], init=args.init, **losses, **common)
     if args.model == "ssnmf":
-        return models.SSNMF(ranks[0], lam=args.lam, init=args.init, **common)
+        return models.SSNMF(ranks[0], lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
     if args.model == "hierarchical":
-        return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, **common)
+        return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
+    if (args.solver, args.beta_loss, args.label_loss) != ("mu", "frobenius", "frobenius"):
+        from .errors import DNMFValueError
+
+        raise DNMFValueError(f"--solver/--beta-loss/--label-loss: expected the defaults for --model {args.model}, found "
+                             f"{args.solver}/{args.beta_loss}/{args.label_loss}")
     if args.model == "deep":
         return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
                               backprop_iter=args.backprop_iter, **common)
@@ -263,6 +269,10 @@ def build_parser():
     pf.add_argument("--backprop-iter", type=int, default=0, help="deep: backpropagation iterations after the forward pass")
     pf.add_argument("--lam", type=float, default=1.0, help="weight of the label term (SSNMF)")
     pf.add_argument("--init", default="nndsvda", choices=("random", "nndsvd", "nndsvda"))
+    pf.add_argument("--solver", default="mu", choices=("mu", "hals", "anls"), help="nmf, ssnmf, hierarchical: update rule")
+    pf.add_argument("--beta-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl"), help="data term")
+    pf.add_argument("--label-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl", "cross-entropy"),
+                    help="label term (ssnmf, hierarchical)")
     pf.add_argument("--max-iter", type=int, default=200, help="iterations (per layer; neural: epochs)")
     pf.add_argument("--tol", type=float, default=1e-4)
     pf.add_argument("--seed", type=int, default=0)

@@ -87,6 +87,8 @@ def test_hierarchical_auto_ranks_and_solvers(rng):
         dd.DeepNMF("auto").fit(X)
     with pytest.raises(DNMFValueError, match="solver"):
         dd.HierarchicalNMF((3, 2), semi=True, solver="hals").fit(X)
+    with pytest.raises(DNMFValueError, match="beta_loss"):
+        dd.HierarchicalNMF((3, 2), semi=True, beta_loss="kl").fit(X)
 
 
 def test_hierarchical_kl_layers_with_kl_labels(rng):

@@ -344,3 +344,27 @@ def test_ssnmf_exact_solvers_decrease_objective(rng, solver):
         m.fit(X, y)
     assert _non_increasing(m.history_["objective"]) and m.n_iter_ == 15
     assert (m.A_[0] >= 0).all() and (m.B_ >= 0).all()
+
+
+def test_cli_fit_with_kl_and_store_round_trip(rng, tmp_path, capsys):
+    from dnmf_dask.cli import main
+    from dnmf_dask.store.model import load_model
+
+    X = _data(rng, n=40, f=12)
+    dd.write_corpus(tmp_path / "c.zarr", X, chunk_rows=20)
+    assert main(["fit", str(tmp_path / "c.zarr"), str(tmp_path / "m.zarr"), "--model", "nmf", "-k", "3",
+                 "--beta-loss", "kl", "--max-iter", "30", "--scheduler", "threads"]) == 0
+    m = load_model(tmp_path / "m.zarr")
+    assert m.beta_loss == "kl" and m.solver == "mu"
+    # transform of the loaded model minimises the KL divergence (as fitted), not the squared error
+    S = np.asarray(m.transform(X))
+    m.beta_loss = "frobenius"
+    S_fro = np.asarray(m.transform(X))
+    def kl(S):
+        Xh = S @ m.A_[0].T
+        p = X > 0
+        return np.sum(X[p] * np.log(X[p] / Xh[p])) - X.sum() + Xh.sum()
+    assert kl(S) < kl(S_fro)
+    assert main(["fit", str(tmp_path / "c.zarr"), str(tmp_path / "n.zarr"), "--model", "neural", "--ranks", "3,2",
+                 "--solver", "hals", "--scheduler", "threads"]) == 2
+    assert "--solver" in capsys.readouterr().err

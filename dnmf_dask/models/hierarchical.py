@@ -24,6 +24,7 @@ from ..parallel.mapreduce import map_reduce
 from ..parallel.mu import fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
 from .base import BaseFactorization, data_summary, seed_from
+from ..kernels.solvers import canonical_loss
 from .nmf import check_solver_supports_mask, solver_options, validate_solver_params
 
 
@@ -133,6 +134,8 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         validate_solver_params(self)
         if getattr(self, "semi", False) and getattr(self, "solver", "mu") != "mu":
             raise DNMFValueError(f"solver: expected 'mu' with semi=True (Semi-NMF has its own update), found {self.solver!r}")
+        if getattr(self, "semi", False) and canonical_loss(getattr(self, "beta_loss", "frobenius")) != "frobenius":
+            raise DNMFValueError(f"beta_loss: expected 'frobenius' with semi=True (Semi-NMF fits a signed A0), found {self.beta_loss!r}")
         check_nonneg_float(self.lam, "lam")
         check_choice(self.init, "init", ("random", "nndsvd", "nndsvda"))
         check_choice(self.init_B, "init_B", ("lstsq", "random"))
