@@ -161,7 +161,7 @@ def _choose(rows, method, min_silhouette, prev_k):
 
 def select_ranks(X, candidates=range(2, 11), *, method="elbow", n_layers=1, n_restarts=8, random_state=None,
                  max_iter=300, tol=1e-6, solver="hals", beta_loss="frobenius", perturbation=0.0,
-                 min_silhouette=0.75, max_samples=None, scheduler=None) -> RankSelection:
+                 min_silhouette=0.9, max_samples=None, scheduler=None) -> RankSelection:
     """Choose the rank of one layer, or of every layer of a hierarchy.
 
     Parameters
@@ -180,7 +180,7 @@ def select_ranks(X, candidates=range(2, 11), *, method="elbow", n_layers=1, n_re
     solver : {'hals', 'mu', 'anls'}; beta_loss : {'frobenius', 'kullback-leibler'} (KL needs 'mu').
     perturbation : float in [0, 1)
         NMFk-style: each restart fits X with its entries multiplied by uniform(1 ± perturbation).
-    min_silhouette : float
+    min_silhouette : float, default 0.9
         Stability threshold of ``method="stability"``.
     max_samples : int, optional
         Use a random subset of this many rows.

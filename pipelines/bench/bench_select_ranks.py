@@ -59,7 +59,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         r = dd.select_ranks(data, range(2, 13), n_restarts=args.bbc_restarts, max_iter=200, random_state=0,
                             scheduler=args.scheduler)
-        stable = [row["k"] for row in r.table if row["silhouette"] >= 0.75]  # the stability rule, same restarts
+        stable = [row["k"] for row in r.table if row["silhouette"] >= r.params["min_silhouette"]]  # the stability rule, same restarts
         print(f"{name}: elbow {r.ranks[0]}, stability {max(stable) if stable else None} "
               f"({args.bbc_restarts} restarts, {time.perf_counter() - t0:.1f}s)")
         print(r.to_text())
