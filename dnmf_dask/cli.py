@@ -163,12 +163,22 @@ def _make_model(args):
 
     ranks = args.ranks or (args.rank,)
     common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed)
+    losses = dict(solver=args.solver, beta_loss=args.beta_loss)
     if args.model == "nmf":
-        return models.NMF(ranks[0], init=args.init, **common)
+        return models.NMF(ranks[0], init=args.init, **losses, **common)
     if args.model == "ssnmf":
-        return models.SSNMF(ranks[0], lam=args.lam, init=args.init, **common)
+        return models.SSNMF(ranks[0], lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
     if args.model == "hierarchical":
-        return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, **common)
+        return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
+    if args.model == "neural" and (args.solver, args.beta_loss) == ("mu", "frobenius"):
+        # Neural NMF has its own optimiser and a Frobenius data term; its label term may be either
+        return models.NeuralNMF(ranks, lam=args.lam, label_loss=args.label_loss, epochs=args.max_iter, tol=args.tol,
+                                random_state=args.seed)
+    if (args.solver, args.beta_loss, args.label_loss) != ("mu", "frobenius", "frobenius"):
+        from .errors import DNMFValueError
+
+        raise DNMFValueError(f"--solver/--beta-loss/--label-loss: expected the defaults for --model {args.model}, found "
+                             f"{args.solver}/{args.beta_loss}/{args.label_loss}")
     if args.model == "deep":
         return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
                               backprop_iter=args.backprop_iter, **common)
@@ -322,6 +332,37 @@ def cmd_demo(args):
     return results
 
 
+def _candidates(text):
+    """'2-12' or '2,4,8' -> list of ints (argparse type)."""
+    try:
+        if "-" in text:
+            lo, hi = (int(t) for t in text.split("-", 1))
+            return list(range(lo, hi + 1))
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a range like 2-12 or a list like 2,4,8, found {text!r}") from None
+
+
+def cmd_select_ranks(args):
+    from .models.selection import select_ranks
+    from .parallel.scheduler import scheduler_context
+    from .store import open_corpus
+
+    corpus = open_corpus(args.corpus)
+    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+        res = select_ranks(corpus, args.candidates, method=args.method, n_layers=args.layers, n_restarts=args.restarts,
+                           random_state=args.seed, max_iter=args.max_iter, max_samples=args.max_samples)
+    print(res.to_text())
+    for path, write in ((args.csv, res.to_csv), (args.plot, res.plot)):
+        if path:
+            out = Path(path)
+            tmp = out.with_name(f".tmp-{out.name}")  # keeps the suffix (matplotlib picks the format from it)
+            write(tmp)
+            os.replace(tmp, out)
+    print(f"selected ranks: {','.join(map(str, res.ranks))} ({res.method}, {res.elapsed:.1f}s)")
+    return res
+
+
 # -- parser ------------------------------------------------------------------------------
 def build_parser():
     p = argparse.ArgumentParser(prog="dnmf", description="Distributed hierarchical NMF topic models on dask.")
@@ -350,6 +391,10 @@ def build_parser():
     pf.add_argument("--backprop-iter", type=int, default=0, help="deep: backpropagation iterations after the forward pass")
     pf.add_argument("--lam", type=float, default=1.0, help="weight of the label term (SSNMF)")
     pf.add_argument("--init", default="nndsvda", choices=("random", "nndsvd", "nndsvda"))
+    pf.add_argument("--solver", default="mu", choices=("mu", "hals", "anls"), help="nmf, ssnmf, hierarchical: update rule")
+    pf.add_argument("--beta-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl"), help="data term")
+    pf.add_argument("--label-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl", "cross-entropy"),
+                    help="label term (ssnmf, hierarchical)")
     pf.add_argument("--max-iter", type=int, default=200, help="iterations (per layer; neural: epochs)")
     pf.add_argument("--tol", type=float, default=1e-4)
     pf.add_argument("--seed", type=int, default=0)
@@ -387,6 +432,20 @@ def build_parser():
     pd.add_argument("--chunk-rows", type=int, default=4000)
     _scheduler_arg(pd)
     pd.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser("select-ranks", help="choose the rank of each layer (reconstruction elbow or restart stability)")
+    pr.add_argument("corpus", help="corpus store")
+    pr.add_argument("--candidates", type=_candidates, default=list(range(2, 11)), help="ranks to try, e.g. 2-12 or 5,10,20")
+    pr.add_argument("--method", choices=("elbow", "stability"), default="elbow")
+    pr.add_argument("--layers", type=int, default=1, help="layers of a hierarchy to select (each on the previous S)")
+    pr.add_argument("--restarts", type=int, default=8, help="seeded restarts per candidate (parallel tasks)")
+    pr.add_argument("--max-iter", type=int, default=300)
+    pr.add_argument("--max-samples", type=int, default=None, help="use a random subset of rows")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--csv", default=None, help="write the table here")
+    pr.add_argument("--plot", default=None, help="write the figure here (.png)")
+    _scheduler_arg(pr)
+    pr.set_defaults(func=cmd_select_ranks)
     return p
 
 

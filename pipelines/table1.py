@@ -35,7 +35,7 @@ PAPER = {  # (rel. error, accuracy) from Table 1 of the paper: hier. NMF, Deep N
 RANKS = {1: (9,), 2: (9, 4), 3: (9, 4, 2)}
 
 
-def _models(ranks, seed, epochs, label_loss="cross_entropy", methods=None):
+def _models(ranks, seed, epochs, label_loss="cross-entropy", methods=None):
     out = {"hier. NMF": dd.HierarchicalNMF(ranks, max_iter=500, tol=1e-6, random_state=seed, scheduler="synchronous")}
     try:
         from dnmf_dask.models.deep import DeepNMF
@@ -55,7 +55,7 @@ def _rel_error(model, X):
     return model.layer_rel_error_[-1]
 
 
-def run(seeds, epochs, out, label_loss="cross_entropy", methods=None, settings=None):
+def run(seeds, epochs, out, label_loss="cross-entropy", methods=None, settings=None):
     warnings.simplefilter("ignore")
     results = []
     for setting in settings or ("unsupervised", "semisupervised", "supervised"):
@@ -101,7 +101,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=25)
     p.add_argument("--epochs", type=int, default=300, help="Neural NMF iterations (Armijo PGD)")
     p.add_argument("--out", default="runs/table1")
-    p.add_argument("--label-loss", default="cross_entropy", choices=["cross_entropy", "frobenius"],
+    p.add_argument("--label-loss", default="cross-entropy", choices=["cross-entropy", "frobenius"],
                    help="Neural NMF label term (the authors' code uses cross-entropy; a squared-error "
                         "classifier cannot read 9 classes off a 2- or 4-dim last layer)")
     p.add_argument("--methods", nargs="+", choices=["hier. NMF", "Deep NMF", "Neural NMF"], default=None)

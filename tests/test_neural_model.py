@@ -64,7 +64,7 @@ def test_cross_entropy_reads_nine_classes_off_four_codes(toy):
     X, y = toy
     kw = dict(epochs=5, tol=0, random_state=0, scheduler="threads")
     fro = dd.NeuralNMF((9, 4), **kw).fit(X, y)
-    ce = dd.NeuralNMF((9, 4), label_loss="cross_entropy", **kw).fit(X, y)
+    ce = dd.NeuralNMF((9, 4), label_loss="cross-entropy", **kw).fit(X, y)
     assert np.mean(fro.predict(X) == y) < 0.7
     assert np.mean(ce.predict(X) == y) >= 0.95
     assert ce.B_.min() < 0 and fro.B_.min() >= 0

@@ -59,6 +59,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
+from dnmf_dask.kernels.solvers import canonical_loss
 from dnmf_dask.kernels.nnls import (
     _PassiveSolver,
     _as_data_2d,
@@ -75,7 +76,7 @@ __all__ = ["forward", "chunk_cost_grad", "fit_classifier", "sum_results", "COSTS
 COSTS = ("reconstruction", "layerwise")
 #: label terms: squared error ||L ⊙ (Y − B S)||² (paper eq. 7) or softmax cross-entropy over B S
 #: (the classifier of the Neural NMF authors' code)
-LABEL_LOSSES = ("frobenius", "cross_entropy")
+LABEL_LOSSES = ("frobenius", "cross-entropy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
 
     The label term is convex in B for both losses, so this is the exact block-coordinate step
     for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF),
-    signed for "cross_entropy". Returns the new B and its (unweighted) label term; the result
+    signed for "cross-entropy". Returns the new B and its (unweighted) label term; the result
     is never worse than the start.
 
     Parameters
@@ -224,6 +225,7 @@ def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
     """
     from scipy.optimize import minimize
 
+    label_loss = canonical_loss(label_loss)
     SL = np.asarray(SL, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
     Yl = np.zeros((SL.shape[0], B.shape[0]))
@@ -286,7 +288,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     cost : "reconstruction" (paper eq. 7) or "layerwise" (sum of the layers' energies).
     solver : dict, optional, options of the NNLS (``max_iter``, ``tol``).
     return_S : bool, also put the forward pass ``[S[0], ..., S[L]]`` in ``extras["S"]``.
-    label_loss : "frobenius" (``||L ⊙ (Y − B S_L)||²``, the paper's eq. 7) or "cross_entropy"
+    label_loss : "frobenius" (``||L ⊙ (Y − B S_L)||²``, the paper's eq. 7) or "cross-entropy"
         (``−Σ_labeled log softmax(B s_m)[y_m]``; B is then an unconstrained linear classifier).
 
     Returns
@@ -306,6 +308,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     """
     if cost not in COSTS:
         raise DNMFValueError(f"cost: expected one of {COSTS}, found {cost!r}")
+    label_loss = canonical_loss(label_loss)
     if label_loss not in LABEL_LOSSES:
         raise DNMFValueError(f"label_loss: expected one of {LABEL_LOSSES}, found {label_loss!r}")
     if not isinstance(return_S, (bool, np.bool_)):

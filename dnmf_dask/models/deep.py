@@ -155,6 +155,7 @@ class DeepNMF(HierarchicalNMF):
         self.verbose = verbose
 
     semi = False  # HierarchicalNMF machinery reads it; deep NMF is nonnegative throughout
+    _auto_ranks = False  # rank selection does not model the pooling between layers
 
     @property
     def _allow_negative(self):

@@ -24,6 +24,8 @@ from ..parallel.mapreduce import map_reduce
 from ..parallel.mu import fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
 from .base import BaseFactorization, data_summary, seed_from
+from ..kernels.solvers import canonical_loss
+from .nmf import check_solver_supports_mask, solver_options, validate_solver_params
 
 
 def check_ranks(ranks, name="ranks"):
@@ -78,6 +80,12 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         Start of the classifier: NNLS fit of the labeled rows' initial S to their labels, or random.
     init, max_iter, tol, random_state, chunk_rows, scheduler, persist, verbose
         As for :class:`~dnmf_dask.NMF`, applied to every layer (``max_iter`` per layer).
+    solver, beta_loss, label_loss : as for :class:`~dnmf_dask.SSNMF`, applied to every layer
+        (``label_loss`` to the last layer's label term); defaults: Frobenius multiplicative updates.
+    ranks='auto', rank_candidates, n_layers
+        ``ranks="auto"`` chooses the ranks by :func:`~dnmf_dask.select_ranks` (reconstruction
+        elbow, each layer on the previous layer's S) over ``rank_candidates`` (default 2..20) for
+        ``n_layers`` layers (default 2); the selection is kept in ``rank_selection_``.
 
     Attributes
     ----------
@@ -90,7 +98,13 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
     """
 
     def __init__(self, ranks=(10, 5), *, lam=1.0, semi=False, init="nndsvda", init_B="lstsq", max_iter=200, tol=1e-4,
-                 random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
+                 random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0, solver="mu",
+                 beta_loss="frobenius", label_loss="frobenius", rank_candidates=None, n_layers=2):
+        self.solver = solver
+        self.beta_loss = beta_loss
+        self.label_loss = label_loss
+        self.rank_candidates = rank_candidates
+        self.n_layers = n_layers
         self.ranks = ranks
         self.lam = lam
         self.semi = semi
@@ -108,8 +122,20 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
     def _allow_negative(self):
         return bool(self.semi)
 
+    #: whether ``ranks="auto"`` is supported (the selection runs on unpooled layers)
+    _auto_ranks = True
+
     def _validate_params(self):
-        ranks = check_ranks(self.ranks)
+        if isinstance(self.ranks, str) and self.ranks == "auto" and self._auto_ranks:
+            check_positive_int(getattr(self, "n_layers", 2), "n_layers")
+            ranks = "auto"
+        else:
+            ranks = check_ranks(self.ranks)
+        validate_solver_params(self)
+        if getattr(self, "semi", False) and getattr(self, "solver", "mu") != "mu":
+            raise DNMFValueError(f"solver: expected 'mu' with semi=True (Semi-NMF has its own update), found {self.solver!r}")
+        if getattr(self, "semi", False) and canonical_loss(getattr(self, "beta_loss", "frobenius")) != "frobenius":
+            raise DNMFValueError(f"beta_loss: expected 'frobenius' with semi=True (Semi-NMF fits a signed A0), found {self.beta_loss!r}")
         check_nonneg_float(self.lam, "lam")
         check_choice(self.init, "init", ("random", "nndsvd", "nndsvda"))
         check_choice(self.init_B, "init_B", ("lstsq", "random"))
@@ -165,6 +191,8 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         g = self._layer_groups(info["groups"], blocks.n_samples)
         summary = data_summary(blocks)
         self._check_summary(summary)
+        if ranks == "auto":
+            ranks = self._select_ranks(X, min(blocks.n_samples, blocks.n_features))
         if ranks[0] > min(blocks.n_samples, blocks.n_features):
             raise DNMFValueError(
                 f"ranks: expected k0 <= min(n_samples, n_features) = {min(blocks.n_samples, blocks.n_features)}, found {ranks[0]}"
@@ -208,9 +236,11 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
                         return ck.save(phase=f"layer{l}", iteration=it, arrays={"A": A, "B": B}, S_blocks=S,
                                        state={"history": hist})
                     return None
+            opts = solver_options(self, data.n_samples, data.n_features)
+            check_solver_supports_mask(opts, data, summary if l == 0 else {})
             res = fit_mu(data, S_blocks, A, B=B0, y=codes_l if B0 is not None else None,
                          lam=self.lam if B0 is not None else 0.0, max_iter=self.max_iter, tol=self.tol,
-                         semi=semi, keep_S=True, log=log, start=start, checkpoint=save,
+                         semi=semi, keep_S=True, log=log, start=start, checkpoint=save, opts=opts,
                          progress_label=f"{type(self).__name__} layer {l}")
             if ck is not None:
                 res.S_blocks = ck.save_stage(l, arrays={"A": res.A, "B": res.B if B0 is not None else None},
@@ -262,6 +292,16 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         self.n_features_in_ = blocks.n_features
         return {"blocks": blocks, "info": info, "groups": g, "codes": codes, "forward_S": S_layers,
                 "inputs": inputs, "forward_A": list(As), "forward_B": B}
+
+    def _select_ranks(self, X, max_rank):
+        """Ranks of every layer by :func:`~dnmf_dask.select_ranks` (elbow), kept in ``rank_selection_``."""
+        from .selection import select_ranks
+
+        cands = self.rank_candidates if self.rank_candidates is not None else range(2, 21)
+        sel = select_ranks(X, [k for k in cands if k <= max_rank], method="elbow", n_layers=self.n_layers,
+                           random_state=seed_from(self.random_state), max_samples=20000)
+        self.rank_selection_ = sel
+        return tuple(sel.ranks)
 
     def _rel_errors(self, blocks, S_layers):
         """``layer_rel_error_`` and ``reconstruction_err_``: one pass over X per layer."""

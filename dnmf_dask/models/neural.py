@@ -17,6 +17,7 @@ from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
 from ..kernels.neural import LABEL_LOSSES, chunk_cost_grad, fit_classifier
+from ..kernels.solvers import canonical_loss
 from ..parallel.mapreduce import map_reduce
 from .. import progress
 from ..parallel.scheduler import scheduler_context
@@ -57,7 +58,7 @@ class NeuralNMF(HierarchicalNMF):
 
     or ``cost="layerwise"``: Σ_l ||S(l−1) − S(l) A(l)ᵀ||² + the same label term. Unsupervised
     when ``y`` is None or all −1, semi-supervised when some labels are −1, supervised otherwise.
-    With ``label_loss="cross_entropy"`` the label term is λ Σ_labeled −log softmax(B s_m)[y_m]
+    With ``label_loss="cross-entropy"`` the label term is λ Σ_labeled −log softmax(B s_m)[y_m]
     (the classifier of the authors' code) and B is an unconstrained linear classifier; with
     "frobenius" B ≥ 0 as in SSNMF.
 
@@ -65,7 +66,7 @@ class NeuralNMF(HierarchicalNMF):
     ----------
     ranks : sequence of int (k0, …, kL)
     lam : float, default 1.0 — weight λ of the label term
-    label_loss : {'frobenius', 'cross_entropy'} — squared error on one-hot labels (B ≥ 0) or
+    label_loss : {'frobenius', 'cross-entropy'} — squared error on one-hot labels (B ≥ 0) or
         softmax cross-entropy (B signed). A 9-class problem read off a 2- or 4-dimensional last
         layer needs the latter: no B ≥ 0 separates it by squared error (pipelines/table1.py).
     cost : {'reconstruction', 'layerwise'}
@@ -135,7 +136,7 @@ class NeuralNMF(HierarchicalNMF):
         check_nonneg_float(self.lam, "lam")
         check_choice(self.step_scaling, "step_scaling", ("block", "none"))
         check_choice(self.cost, "cost", ("reconstruction", "layerwise"))
-        check_choice(self.label_loss, "label_loss", LABEL_LOSSES)
+        check_choice(canonical_loss(self.label_loss), "label_loss", LABEL_LOSSES)
         check_choice(self.solver, "solver", ("pgd", "sgd"))
         check_choice(self.init, "init", ("hierarchical", "random"))
         check_positive_int(self.epochs, "epochs")
@@ -195,7 +196,7 @@ class NeuralNMF(HierarchicalNMF):
             elif self.init == "hierarchical":
                 # the hierarchical SSNMF's label term is a squared error; for cross-entropy the
                 # layers start unsupervised and B is fitted to them (refit_B below)
-                ce = self.label_loss == "cross_entropy"
+                ce = canonical_loss(self.label_loss) == "cross-entropy"
                 h = HierarchicalNMF(ranks, lam=0.0 if ce else self.lam, max_iter=self.init_max_iter, tol=1e-4,
                                     random_state=seed, chunk_rows=self.chunk_rows, persist=self.persist)
                 import warnings
@@ -220,7 +221,7 @@ class NeuralNMF(HierarchicalNMF):
                 B = random_matrix(seed, (n_classes, ranks[-1]), 1.0 / np.sqrt(ranks[-1]), dtype, stream=3)
             lam = self.lam if n_classes else 0.0
             # B ≥ 0 for the squared-error classifier (SSNMF); softmax logits are signed
-            project_B = (lambda M: M) if self.label_loss == "cross_entropy" else (lambda M: np.maximum(M, 0.0))
+            project_B = (lambda M: M) if canonical_loss(self.label_loss) == "cross-entropy" else (lambda M: np.maximum(M, 0.0))
             y_parts = blocks.split(codes)
             per_block = list(zip(blocks.X, y_parts))
 
