@@ -2,6 +2,15 @@
 
 Bad input prints one line ``dnmf: error: ...`` on stderr and exits with code 2; nothing already
 written is damaged (stores are written atomically).
+
+Exit codes (for cron, Airflow, SLURM scripts):
+
+* 0 — done, or nothing to do (the model is up to date with this config and corpus);
+* 2 — bad input: arguments, missing or damaged stores, a checkpoint of another fit;
+* 3 — the scheduler cannot be reached or refuses the connection (retry later);
+* 4 — the computation failed (e.g. workers lost beyond repair); rerun with ``--resume`` to go on
+  from the last checkpoint;
+* 130 — interrupted (Ctrl-C / SIGINT).
 """
 
 from __future__ import annotations
@@ -17,21 +26,66 @@ import numpy as np
 
 from .errors import DNMFError
 
+EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_CLUSTER = 3
+EXIT_FAILED = 4
+EXIT_INTERRUPTED = 130
 
 
-def _scheduler_arg(p):
+def _scheduler_arg(p, default="local"):
     p.add_argument(
         "--scheduler",
         default=None,
-        help="where to run: a scheduler address (tcp://host:8786), 'local' (start a LocalCluster), "
-        "'threads' or 'synchronous'. Default: $DASK_SCHEDULER_ADDRESS if set, else 'local'.",
+        help="where to run: a scheduler address (tcp://host:8786, tls://host:8786), 'local' (start a LocalCluster), "
+        f"'threads' or 'synchronous'. Default: $DASK_SCHEDULER_ADDRESS if set, else '{default}'.",
     )
     p.add_argument("--workers", type=int, default=None, help="worker processes of a started LocalCluster (default: one per core)")
+    p.add_argument("--dashboard-address", default="127.0.0.1:0",
+                   help="dashboard of a started LocalCluster (default: loopback, random port; 'none' = no dashboard)")
+    p.add_argument("--tls-ca-file", default=None, help="TLS: CA certificate (PEM) that signed the scheduler's and workers' certificates")
+    p.add_argument("--tls-cert", default=None, help="TLS: this client's certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="TLS: this client's private key (PEM; default: in --tls-cert)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
+    p.set_defaults(scheduler_default=default)
 
 
 def _resolve_scheduler(args):
-    return args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "local"
+    return args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or getattr(args, "scheduler_default", "local")
+
+
+def _scheduler_kwargs(args) -> dict:
+    """Keyword arguments of :func:`scheduler_context` from the CLI's cluster options."""
+    security = None
+    if args.tls_ca_file or args.tls_cert:
+        from distributed import Security
+
+        from .errors import DNMFValueError
+
+        for name in ("tls_ca_file", "tls_cert", "tls_key"):
+            v = getattr(args, name)
+            if v is not None and not Path(v).is_file():
+                raise DNMFValueError(f"--{name.replace('_', '-')}: expected a PEM file, found nothing at {v!r}")
+        security = Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert,
+                            tls_client_key=args.tls_key or args.tls_cert, tls_scheduler_cert=args.tls_cert,
+                            tls_scheduler_key=args.tls_key or args.tls_cert, tls_worker_cert=args.tls_cert,
+                            tls_worker_key=args.tls_key or args.tls_cert, require_encryption=True)
+    dash = None if str(args.dashboard_address).lower() == "none" else args.dashboard_address
+    return dict(n_workers=args.workers, threads_per_worker=1, security=security, dashboard_address=dash)
+
+
+def _running(args):
+    """The scheduler context of a command, with a progress line on stderr unless --quiet."""
+    import contextlib
+
+    from .parallel.scheduler import scheduler_context
+    from .progress import progress_bar
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(scheduler_context(_resolve_scheduler(args), **_scheduler_kwargs(args)))
+    if not args.quiet:
+        stack.enter_context(progress_bar())
+    return stack
 
 
 # -- ingest ------------------------------------------------------------------------------
@@ -51,10 +105,18 @@ def cmd_ingest(args):
     if y_true is not None and args.label_fraction is not None:
         y = mask_labels(y_true, args.label_fraction, args.seed, by_group=groups)
     prov = {**(prov or {}), "label_fraction": args.label_fraction, "seed": args.seed, "source_kind": args.source}
-    c = write_corpus(
-        args.out, X, y=y, groups=groups, feature_names=feature_names, chunk_rows=args.chunk_rows,
-        label_names=label_names, sample_ids=sample_ids, y_true=y_true, attrs=prov, overwrite=args.overwrite,
-    )
+    with _running(args):
+        if args.append:
+            from .store import append_corpus
+
+            c = append_corpus(args.out, X, y=y, groups=groups, sample_ids=sample_ids, y_true=y_true,
+                              chunk_rows=args.chunk_rows, provenance=prov)
+            print(f"appended {X.shape[0]} samples: {c!r}")
+            return c
+        c = write_corpus(
+            args.out, X, y=y, groups=groups, feature_names=feature_names, chunk_rows=args.chunk_rows,
+            label_names=label_names, sample_ids=sample_ids, y_true=y_true, attrs=prov, overwrite=args.overwrite,
+        )
     print(f"wrote {c!r}")
     return c
 
@@ -116,48 +178,112 @@ def _make_model(args):
 
     ranks = args.ranks or (args.rank,)
     common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed)
+    losses = dict(solver=args.solver, beta_loss=args.beta_loss)
     if args.model == "nmf":
-        return models.NMF(ranks[0], init=args.init, **common)
+        return models.NMF(ranks[0], init=args.init, **losses, **common)
     if args.model == "ssnmf":
-        return models.SSNMF(ranks[0], lam=args.lam, init=args.init, **common)
+        return models.SSNMF(ranks[0], lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
     if args.model == "hierarchical":
-        return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, **common)
+        return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
+    if args.model == "neural" and (args.solver, args.beta_loss) == ("mu", "frobenius"):
+        # Neural NMF has its own optimiser and a Frobenius data term; its label term may be either
+        return models.NeuralNMF(ranks, lam=args.lam, label_loss=args.label_loss, epochs=args.max_iter, tol=args.tol,
+                                random_state=args.seed)
+    if (args.solver, args.beta_loss, args.label_loss) != ("mu", "frobenius", "frobenius"):
+        from .errors import DNMFValueError
+
+        raise DNMFValueError(f"--solver/--beta-loss/--label-loss: expected the defaults for --model {args.model}, found "
+                             f"{args.solver}/{args.beta_loss}/{args.label_loss}")
     if args.model == "deep":
         return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
                               backprop_iter=args.backprop_iter, **common)
     return models.NeuralNMF(ranks, lam=args.lam, epochs=args.max_iter, tol=args.tol, random_state=args.seed)
 
 
+#: models whose fit can start from a stored model (every model checkpoints)
+WARM_STARTABLE = ("NMF", "SSNMF", "NeuralNMF")
+
+
+def _fit_config(model) -> dict:
+    """The result-relevant configuration of a fit (estimator class and parameters), as JSON."""
+    from .store.checkpoint import OPERATIONAL_PARAMS, _json_norm
+
+    params = {k: v for k, v in model.get_params().items() if k not in OPERATIONAL_PARAMS}
+    return _json_norm({"class": type(model).__name__, "params": params})
+
+
+def _resolve_model_path(path):
+    """A model store, or the newest version of a versioned model folder."""
+    from .store.versions import latest_version
+
+    p = Path(path)
+    if p.is_dir() and not (p / "zarr.json").exists():
+        v = latest_version(p)
+        if v is not None:
+            return v
+    return p
+
+
 def cmd_fit(args):
-    from .parallel.scheduler import scheduler_context
-    from .store import open_corpus
-    from .store.model import save_model
+    from .errors import DNMFValueError
+    from .store import corpus_fingerprint, open_corpus
+    from .store.checkpoint import Checkpointer
+    from .store.model import load_model, save_model
+    from .store.versions import latest_version, next_version, up_to_date
 
     corpus = open_corpus(args.corpus)
     model = _make_model(args)
+    config = _fit_config(model)
+    fingerprint = corpus_fingerprint(corpus)
+    out = Path(args.out)
+    current = latest_version(out) if args.versioned else (out if out.exists() else None)
+    if current is not None and not args.force and up_to_date(current, config, fingerprint):
+        print(f"dnmf: up to date: {current} holds this config fitted on this corpus; nothing to do (--force refits)")
+        return model
+    if not args.versioned and out.exists() and not (args.overwrite or args.force):
+        raise DNMFValueError(f"out: expected a new location (or --overwrite / --force), found existing {str(out)!r}")
+    if args.warm_start and type(model).__name__ not in WARM_STARTABLE:
+        raise DNMFValueError(f"--model: expected one of nmf, ssnmf, neural with --warm-start, found {args.model}")
+    run = {}
+    ck_dir = Path(args.checkpoint) if args.checkpoint else (out / ".checkpoint" if args.versioned else out.with_name(out.name + ".checkpoint"))
+    if args.checkpoint_every or args.resume:
+        run.update(checkpoint=ck_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
+        if args.versioned:
+            out.mkdir(exist_ok=True)
+    warm_from = None
+    if args.warm_start:
+        warm_from = _resolve_model_path(args.warm_start)
+        run["warm_start"] = load_model(warm_from)
     t0 = time.time()
-    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
-        model.fit(corpus)
+    with _running(args):
+        if args.resume and Checkpointer(ck_dir, 1, None)._existing():
+            print(f"dnmf: resuming from the newest checkpoint in {ck_dir}", file=sys.stderr)
+        model.fit(corpus, **run)
     dt = time.time() - t0
-    save_model(model, args.out, feature_names=corpus.feature_names, data={"corpus": str(corpus.path), "attrs": corpus.attrs.get("provenance", {})}, overwrite=args.overwrite)
+    target = next_version(out) if args.versioned else out
+    data = {"corpus": str(corpus.path), "attrs": corpus.attrs.get("provenance", {}),
+            "warm_start": None if warm_from is None else str(warm_from)}
+    save_model(model, target, feature_names=corpus.feature_names, data=data, overwrite=not args.versioned,
+               config=config, corpus_fingerprint=fingerprint)
+    if run.get("checkpoint") is not None:
+        Checkpointer(ck_dir, 1, None).remove()
     rel = getattr(model, "layer_rel_error_", None) or model.history_.get("rel_error")
     print(f"fitted {type(model).__name__} in {dt:.1f}s: n_iter_={model.n_iter_} stop_reason_={model.stop_reason_} "
-          f"rel_error={rel[-1]:.4f}; wrote {args.out}")
+          f"rel_error={rel[-1]:.4f}; wrote {target}")
     return model
 
 
 def cmd_predict(args):
-    from .parallel.scheduler import scheduler_context
     from .store import open_corpus
     from .store.model import load_model
 
-    model = load_model(args.model)
+    model = load_model(_resolve_model_path(args.model))
     corpus = open_corpus(args.corpus)
     if not hasattr(model, "predict"):
         from .errors import DNMFValueError
 
         raise DNMFValueError(f"model: expected a classifier (SSNMF, DeepNMF, NeuralNMF), found {type(model).__name__}")
-    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+    with _running(args):
         pred = model.predict(corpus)
     from .store.atomic import atomic_file
 
@@ -174,7 +300,6 @@ def cmd_demo(args):
     from .ingest.bbc import bbc_news_corpus
     from .ingest.labels import mask_labels
     from .models import SSNMF, HierarchicalNMF
-    from .parallel.scheduler import scheduler_context
     from .store import write_corpus
     from .store.model import save_model
 
@@ -190,7 +315,7 @@ def cmd_demo(args):
     )
     print(f"  {corpus!r}")
     results = {"corpus": {"shape": list(corpus.shape), "nnz": corpus.attrs["nnz"], "labeled": int((y >= 0).sum())}}
-    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+    with _running(args):
         models = {
             "SSNMF": SSNMF(args.rank, lam=args.lam, max_iter=args.max_iter, tol=args.tol, random_state=args.seed),
             "HierarchicalNMF": HierarchicalNMF((args.rank, args.top_rank), lam=args.lam, max_iter=args.max_iter,
@@ -223,6 +348,37 @@ def cmd_demo(args):
     return results
 
 
+def _candidates(text):
+    """'2-12' or '2,4,8' -> list of ints (argparse type)."""
+    try:
+        if "-" in text:
+            lo, hi = (int(t) for t in text.split("-", 1))
+            return list(range(lo, hi + 1))
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a range like 2-12 or a list like 2,4,8, found {text!r}") from None
+
+
+def cmd_select_ranks(args):
+    from .models.selection import select_ranks
+    from .parallel.scheduler import scheduler_context
+    from .store import open_corpus
+
+    corpus = open_corpus(args.corpus)
+    with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
+        res = select_ranks(corpus, args.candidates, method=args.method, n_layers=args.layers, n_restarts=args.restarts,
+                           random_state=args.seed, max_iter=args.max_iter, max_samples=args.max_samples)
+    print(res.to_text())
+    for path, write in ((args.csv, res.to_csv), (args.plot, res.plot)):
+        if path:
+            out = Path(path)
+            tmp = out.with_name(f".tmp-{out.name}")  # keeps the suffix (matplotlib picks the format from it)
+            write(tmp)
+            os.replace(tmp, out)
+    print(f"selected ranks: {','.join(map(str, res.ranks))} ({res.method}, {res.elapsed:.1f}s)")
+    return res
+
+
 # -- parser ------------------------------------------------------------------------------
 def build_parser(fit_defaults=None):
     """The argument parser; ``fit_defaults`` (from a config file) replace the defaults of ``dnmf fit``."""
@@ -237,6 +393,9 @@ def build_parser(fit_defaults=None):
     pi.add_argument("--seed", type=int, default=0, help="seed of the label choice")
     pi.add_argument("--chunk-rows", type=int, default=None, help="rows per block (default: from the data size)")
     pi.add_argument("--overwrite", action="store_true", help="replace an existing store (atomically)")
+    pi.add_argument("--append", action="store_true",
+                    help="add the samples to the existing corpus OUT as new row blocks (existing blocks are not rewritten)")
+    _scheduler_arg(pi, default="threads")
     pi.set_defaults(func=cmd_ingest)
 
     pf = sub.add_parser("fit", help="fit a model on a corpus store and write the model store")
@@ -249,6 +408,10 @@ def build_parser(fit_defaults=None):
     pf.add_argument("--backprop-iter", type=int, default=0, help="deep: backpropagation iterations after the forward pass")
     pf.add_argument("--lam", type=float, default=1.0, help="weight of the label term (SSNMF)")
     pf.add_argument("--init", default="nndsvda", choices=INITS)
+    pf.add_argument("--solver", default="mu", choices=("mu", "hals", "anls"), help="nmf, ssnmf, hierarchical: update rule")
+    pf.add_argument("--beta-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl"), help="data term")
+    pf.add_argument("--label-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl", "cross-entropy"),
+                    help="label term (ssnmf, hierarchical)")
     pf.add_argument("--max-iter", type=int, default=200, help="iterations (per layer; neural: epochs)")
     pf.add_argument("--tol", type=float, default=1e-4)
     pf.add_argument("--seed", type=int, default=0)
@@ -256,6 +419,17 @@ def build_parser(fit_defaults=None):
     pf.add_argument("--config", default=None, metavar="FILE.toml",
                     help="fit options from a TOML file (keys as the flags: model, ranks, lam, max_iter, tol, pool_size, "
                     "backprop_iter, random_state, scheduler, ...); flags given here override it")
+    pf.add_argument("--checkpoint-every", type=int, default=None,
+                    help="write the fit's state every N iterations (epochs; per layer for hierarchical/deep) to the checkpoint folder")
+    pf.add_argument("--checkpoint", default=None,
+                    help="checkpoint folder (default OUT.checkpoint, or OUT/.checkpoint with --versioned); removed after success")
+    pf.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (start afresh when there is none)")
+    pf.add_argument("--warm-start", default=None, metavar="MODEL",
+                    help="start from a stored model of the same kind (a model store or a versioned folder: its newest version)")
+    pf.add_argument("--versioned", action="store_true",
+                    help="OUT is a folder of versions: write OUT/v0001, v0002, ... (older versions are kept)")
+    pf.add_argument("--force", action="store_true",
+                    help="fit even when OUT (its newest version) already holds this config fitted on this corpus")
     _scheduler_arg(pf)
     pf.set_defaults(func=cmd_fit, **(fit_defaults or {}))
 
@@ -278,12 +452,28 @@ def build_parser(fit_defaults=None):
     pd.add_argument("--chunk-rows", type=int, default=4000)
     _scheduler_arg(pd)
     pd.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser("select-ranks", help="choose the rank of each layer (reconstruction elbow or restart stability)")
+    pr.add_argument("corpus", help="corpus store")
+    pr.add_argument("--candidates", type=_candidates, default=list(range(2, 11)), help="ranks to try, e.g. 2-12 or 5,10,20")
+    pr.add_argument("--method", choices=("elbow", "stability"), default="elbow")
+    pr.add_argument("--layers", type=int, default=1, help="layers of a hierarchy to select (each on the previous S)")
+    pr.add_argument("--restarts", type=int, default=8, help="seeded restarts per candidate (parallel tasks)")
+    pr.add_argument("--max-iter", type=int, default=300)
+    pr.add_argument("--max-samples", type=int, default=None, help="use a random subset of rows")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--csv", default=None, help="write the table here")
+    pr.add_argument("--plot", default=None, help="write the figure here (.png)")
+    _scheduler_arg(pr)
+    pr.set_defaults(func=cmd_select_ranks)
     return p
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .parallel.scheduler import ClusterError
+
     try:
         if getattr(args, "config", None):
             from .config import load_fit_config
@@ -294,10 +484,20 @@ def main(argv=None):
     except DNMFError as e:
         print(f"dnmf: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ClusterError as e:
+        print(f"dnmf: cluster error: {e}", file=sys.stderr)
+        return EXIT_CLUSTER
     except KeyboardInterrupt:
         print("dnmf: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    except Exception as e:  # the computation itself failed: say so in one line, keep the traceback
+        import traceback
+
+        traceback.print_exc()
+        print(f"dnmf: failed: {type(e).__name__}: {e} (with --checkpoint-every, --resume continues from the last checkpoint)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

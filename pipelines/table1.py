@@ -35,7 +35,7 @@ PAPER = {  # (rel. error, accuracy) from Table 1 of the paper: hier. NMF, Deep N
 RANKS = {1: (9,), 2: (9, 4), 3: (9, 4, 2)}
 
 
-def _models(ranks, seed, epochs):
+def _models(ranks, seed, epochs, label_loss="cross-entropy", methods=None):
     out = {"hier. NMF": dd.HierarchicalNMF(ranks, max_iter=500, tol=1e-6, random_state=seed, scheduler="synchronous")}
     try:
         from dnmf_dask.models.deep import DeepNMF
@@ -44,8 +44,9 @@ def _models(ranks, seed, epochs):
                                   scheduler="synchronous")
     except ImportError:  # pragma: no cover
         pass
-    out["Neural NMF"] = dd.NeuralNMF(ranks, epochs=epochs, tol=1e-7, random_state=seed, scheduler="synchronous")
-    return out
+    out["Neural NMF"] = dd.NeuralNMF(ranks, epochs=epochs, tol=1e-7, label_loss=label_loss, random_state=seed,
+                                     scheduler="synchronous")
+    return {k: v for k, v in out.items() if methods is None or k in methods}
 
 
 def _rel_error(model, X):
@@ -54,10 +55,10 @@ def _rel_error(model, X):
     return model.layer_rel_error_[-1]
 
 
-def run(seeds, epochs, out):
+def run(seeds, epochs, out, label_loss="cross-entropy", methods=None, settings=None):
     warnings.simplefilter("ignore")
     results = []
-    for setting in ("unsupervised", "semisupervised", "supervised"):
+    for setting in settings or ("unsupervised", "semisupervised", "supervised"):
         for L in (1, 2, 3):
             for seed in range(seeds):
                 X, y = hierarchical_blocks(random_state=seed)
@@ -68,7 +69,7 @@ def run(seeds, epochs, out):
                     yfit[np.random.default_rng([seed, 7]).random(len(y)) >= 0.4] = -1
                 else:
                     yfit = y
-                for name, m in _models(RANKS[L], seed, epochs).items():
+                for name, m in _models(RANKS[L], seed, epochs, label_loss, methods).items():
                     t = time.time()
                     m.fit(X, yfit)
                     acc = float(np.mean(m.predict(X) == y)) if yfit is not None else None
@@ -100,8 +101,13 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=25)
     p.add_argument("--epochs", type=int, default=300, help="Neural NMF iterations (Armijo PGD)")
     p.add_argument("--out", default="runs/table1")
+    p.add_argument("--label-loss", default="cross-entropy", choices=["cross-entropy", "frobenius"],
+                   help="Neural NMF label term (the authors' code uses cross-entropy; a squared-error "
+                        "classifier cannot read 9 classes off a 2- or 4-dim last layer)")
+    p.add_argument("--methods", nargs="+", choices=["hier. NMF", "Deep NMF", "Neural NMF"], default=None)
+    p.add_argument("--settings", nargs="+", choices=["unsupervised", "semisupervised", "supervised"], default=None)
     a = p.parse_args(argv)
-    run(a.seeds, a.epochs, Path(a.out))
+    run(a.seeds, a.epochs, Path(a.out), a.label_loss, a.methods, a.settings)
 
 
 if __name__ == "__main__":

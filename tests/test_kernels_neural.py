@@ -52,9 +52,9 @@ def labels(rng, mode):
     return y
 
 
-def finite_difference(X, As, B, y, lam, cost):
+def finite_difference(X, As, B, y, lam, cost, label_loss="frobenius"):
     def f(As_, B_):
-        return chunk_cost_grad(X, As_, B_, y, lam, cost)[0]
+        return chunk_cost_grad(X, As_, B_, y, lam, cost, label_loss=label_loss)[0]
 
     num = []
     for l, A in enumerate(As):
@@ -106,6 +106,42 @@ def test_gradient_matches_finite_differences(n_layers, mode, cost, sparse):
     else:
         assert gB.shape == B.shape
         assert rel_err(gB, numB) <= 1e-5
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["semisupervised", "supervised"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cross_entropy_gradient_matches_finite_differences(n_layers, mode, sparse):
+    seed = {1: 0, 2: 1, 3: 2}[n_layers]
+    rng, X, As, B = make_problem(seed, n_layers)
+    B = B - 0.5  # an unconstrained classifier: signed weights
+    y = labels(rng, mode)
+    Xc = sp.csr_matrix(X) if sparse else X
+    c, grads, gB, _ = chunk_cost_grad(Xc, As, B, y, 0.7, label_loss="cross-entropy")
+    num, numB = finite_difference(Xc, As, B, y, 0.7, "reconstruction", label_loss="cross-entropy")
+    for g, gn in zip(grads, num):
+        assert rel_err(g, gn) <= 1e-5
+    assert rel_err(gB, numB) <= 1e-5
+
+
+def test_cross_entropy_cost_matches_a_plain_transcription():
+    rng, X, As, B = make_problem(1, 2)
+    B = B - 0.5
+    y = labels(rng, "semisupervised")
+    c, _, _, ex = chunk_cost_grad(X, As, B, y, 0.7, label_loss="cross-entropy")
+    S = forward(X, As)
+    recon = np.sum((X - S[1] @ (As[0] @ As[1]).T) ** 2)
+    ce = 0.0
+    for m in np.flatnonzero(y >= 0):  # one sample at a time, softmax written out
+        z = B @ S[1][m]
+        ce -= np.log(np.exp(z[y[m]]) / np.sum(np.exp(z)))
+    assert ex["label_loss"] == pytest.approx(ce, rel=1e-10)
+    assert c == pytest.approx(recon + 0.7 * ce, rel=1e-10)
+    # very large logits stay finite (the softmax is shifted)
+    c_big, _, gB_big, _ = chunk_cost_grad(X, As, 1e4 * B, y, 0.7, label_loss="cross-entropy")
+    assert np.isfinite(c_big) and np.all(np.isfinite(gB_big))
+    with pytest.raises(DNMFValueError, match="label_loss"):
+        chunk_cost_grad(X, As, B, y, 0.7, label_loss="hinge")
 
 
 def test_through_q_terms_matter():
@@ -252,3 +288,32 @@ def test_bad_inputs():
         forward(X, As, solver={"maxiter": 3})
     with pytest.raises(DNMFValueError, match="X"):
         forward(X[:, :5], As)
+
+
+def test_fit_classifier_reaches_the_independent_optimum():
+    """B's exact block step: scikit-learn's unpenalised multinomial logistic regression for
+    cross-entropy, scipy's NNLS per class for the squared error with B ≥ 0."""
+    from scipy.optimize import nnls as scipy_nnls
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    from dnmf_dask.kernels.neural import fit_classifier
+
+    rng = np.random.default_rng(5)
+    SL = rng.random((60, 3))
+    y = rng.integers(0, 4, 60)  # random labels: not separable, so the optimum is finite
+    B0 = rng.random((4, 3))
+    B, term = fit_classifier(SL, y, B0, "cross-entropy", max_iter=1000)
+    ref = LogisticRegression(penalty=None, fit_intercept=False, max_iter=10000, tol=1e-12).fit(SL, y)
+    ref_term = 60 * log_loss(y, ref.predict_proba(SL), labels=range(4))
+    assert term == pytest.approx(ref_term, rel=1e-6)
+    assert B.min() < 0  # a signed classifier
+    Bf, term_f = fit_classifier(SL, y, B0, "frobenius", max_iter=1000)
+    Y = np.eye(4)[y]
+    Bref = np.array([scipy_nnls(SL, Y[:, c])[0] for c in range(4)])
+    assert Bf.min() >= 0
+    assert term_f == pytest.approx(np.sum((Y - SL @ Bref.T) ** 2), rel=1e-7)
+    np.testing.assert_allclose(Bf, Bref, atol=1e-3)  # the objective is flat near its minimum
+    # never worse than the start, and max_iter=0 keeps B
+    assert fit_classifier(SL, y, B0, "cross-entropy", max_iter=0)[0] is not None
+    np.testing.assert_array_equal(fit_classifier(SL, y, B0, "frobenius", max_iter=0)[0], B0)

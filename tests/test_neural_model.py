@@ -56,3 +56,19 @@ def test_bad_params(toy):
         dd.NeuralNMF((3,), solver="adam", scheduler="threads").fit(X)
     with pytest.raises(DNMFValueError, match="cost"):
         dd.NeuralNMF((3,), cost="kl", scheduler="threads").fit(X)
+
+
+def test_cross_entropy_reads_nine_classes_off_four_codes(toy):
+    """A squared-error B ≥ 0 cannot separate the 9 classes from the 4-dim last layer; the softmax
+    classifier (label_loss='cross_entropy', B signed and refitted exactly) can."""
+    X, y = toy
+    kw = dict(epochs=5, tol=0, random_state=0, scheduler="threads")
+    fro = dd.NeuralNMF((9, 4), **kw).fit(X, y)
+    ce = dd.NeuralNMF((9, 4), label_loss="cross-entropy", **kw).fit(X, y)
+    assert np.mean(fro.predict(X) == y) < 0.7
+    assert np.mean(ce.predict(X) == y) >= 0.95
+    assert ce.B_.min() < 0 and fro.B_.min() >= 0
+    assert all(A.min() >= 0 for A in ce.A_)
+    assert np.all(np.diff(ce.history_["cost"]) <= 1e-9 * abs(ce.history_["cost"][0]))
+    with pytest.raises(DNMFValueError, match="label_loss"):
+        dd.NeuralNMF((3,), label_loss="hinge", scheduler="threads").fit(X, y)

@@ -59,6 +59,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
+from dnmf_dask.kernels.solvers import canonical_loss
 from dnmf_dask.kernels.nnls import (
     _PassiveSolver,
     _as_data_2d,
@@ -69,10 +70,13 @@ from dnmf_dask.kernels.nnls import (
     _nnls_core,
 )
 
-__all__ = ["forward", "chunk_cost_grad", "sum_results", "COSTS"]
+__all__ = ["forward", "chunk_cost_grad", "fit_classifier", "sum_results", "COSTS", "LABEL_LOSSES"]
 
 #: the supported cost functions.
 COSTS = ("reconstruction", "layerwise")
+#: label terms: squared error ||L ⊙ (Y − B S)||² (paper eq. 7) or softmax cross-entropy over B S
+#: (the classifier of the Neural NMF authors' code)
+LABEL_LOSSES = ("frobenius", "cross-entropy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +201,60 @@ def _check_labels(y, B, lam, n, kL, dt):
     return y, B, labeled
 
 
+def _label_term(Z, Yl, label_loss):
+    """Unweighted label term of the scores Z = S_L Bᵀ (labeled rows) and its gradient dC/dZ."""
+    if label_loss == "frobenius":
+        R = Yl - Z
+        return _sqnorm(R), -2.0 * R  # ||Y - Z||^2
+    logp = _log_softmax(Z)
+    return -float(np.sum(logp[Yl > 0])), np.exp(logp) - Yl  # summed cross-entropy
+
+
+def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
+    """Refit the classifier B to fixed last-layer codes: argmin_B of the label term.
+
+    The label term is convex in B for both losses, so this is the exact block-coordinate step
+    for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF),
+    signed for "cross-entropy". Returns the new B and its (unweighted) label term; the result
+    is never worse than the start.
+
+    Parameters
+    ----------
+    SL : (n_labeled, k_L) codes of the labeled rows; y : (n_labeled,) their labels in
+    [0, n_classes); B : (n_classes, k_L) starting classifier.
+    """
+    from scipy.optimize import minimize
+
+    label_loss = canonical_loss(label_loss)
+    SL = np.asarray(SL, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    Yl = np.zeros((SL.shape[0], B.shape[0]))
+    Yl[np.arange(SL.shape[0]), np.asarray(y, dtype=np.int64)] = 1.0
+
+    def f(b):
+        Bm = b.reshape(B.shape)
+        term, dZ = _label_term(SL @ Bm.T, Yl, label_loss)
+        return term, (dZ.T @ SL).ravel()
+
+    start = f(B.ravel())[0]
+    if SL.shape[0] == 0 or max_iter == 0:
+        return B, start
+    bounds = [(0.0, None)] * B.size if label_loss == "frobenius" else None
+    res = minimize(f, B.ravel(), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": int(max_iter)})
+    if not np.isfinite(res.fun) or res.fun > start:
+        return B, start
+    Bn = res.x.reshape(B.shape)
+    if label_loss == "frobenius":
+        Bn = np.maximum(Bn, 0.0)
+    return Bn, float(f(Bn.ravel())[0])
+
+
+def _log_softmax(Z):
+    """Row-wise log softmax, shifted by the row maximum so that exp never overflows."""
+    Zs = Z - Z.max(axis=1, keepdims=True)
+    return Zs - np.log(np.sum(np.exp(Zs), axis=1, keepdims=True))
+
+
 def _sqnorm(M):
     if sp.issparse(M):
         if not M.has_canonical_format:
@@ -217,7 +275,7 @@ def _fsum_prod(a, b):
 # cost and gradient of one block
 # --------------------------------------------------------------------------------------------
 def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *, solver=None,
-                    return_S=False):
+                    return_S=False, label_loss="frobenius"):
     """Cost of one block of rows and its exact gradients (sums over the block's rows).
 
     Parameters
@@ -230,6 +288,8 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     cost : "reconstruction" (paper eq. 7) or "layerwise" (sum of the layers' energies).
     solver : dict, optional, options of the NNLS (``max_iter``, ``tol``).
     return_S : bool, also put the forward pass ``[S[0], ..., S[L]]`` in ``extras["S"]``.
+    label_loss : "frobenius" (``||L ⊙ (Y − B S_L)||²``, the paper's eq. 7) or "cross-entropy"
+        (``−Σ_labeled log softmax(B s_m)[y_m]``; B is then an unconstrained linear classifier).
 
     Returns
     -------
@@ -241,11 +301,16 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
         ``"x_sq"``      ||X||^2,
         ``"layer_sq"``  (L+1,) array of ||S[l-1] - S[l] A[l]^T||^2,
         ``"label_sq"``  ||Lmask * (Y - S[L] B^T)||^2 (unweighted; 0 without B or labels),
+        ``"label_loss"`` the unweighted label term of ``label_loss`` (equals ``label_sq`` for
+        "frobenius"),
         ``"n_labeled"`` number of labeled rows, ``"n_correct"`` labeled rows whose
         ``argmax(S[L] @ B.T)`` equals the label (0 without B), ``"n_rows"`` rows of the block.
     """
     if cost not in COSTS:
         raise DNMFValueError(f"cost: expected one of {COSTS}, found {cost!r}")
+    label_loss = canonical_loss(label_loss)
+    if label_loss not in LABEL_LOSSES:
+        raise DNMFValueError(f"label_loss: expected one of {LABEL_LOSSES}, found {label_loss!r}")
     if not isinstance(return_S, (bool, np.bool_)):
         raise DNMFTypeError(f"return_S: expected a bool, found {type(return_S).__name__}")
     X, As, dt = _check_inputs(X, A_list)
@@ -345,6 +410,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     n_labeled = int(labeled.sum())
     n_correct = 0
     label_sq = 0.0
+    label_term = 0.0
     grad_B = None
     if B is not None:
         grad_B = np.zeros_like(B)
@@ -353,13 +419,13 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
             Z = SL[lab] @ B.T
             Yl = np.zeros_like(Z)
             Yl[np.arange(lab.size), y[lab]] = 1.0
-            Rl = Yl - Z
-            label_sq = _sqnorm(Rl)
+            label_sq = _sqnorm(Yl - Z)
             n_correct = int(np.sum(np.argmax(Z, axis=1) == y[lab]))
+            label_term, dZ = _label_term(Z, Yl, label_loss)
             if lam > 0:
-                total += lam * label_sq
-                gS[L][lab] += (-2.0 * lam) * (Rl @ B)
-                grad_B += (-2.0 * lam) * (Rl.T @ SL[lab])
+                total += lam * label_term
+                gS[L][lab] += lam * (dZ @ B)
+                grad_B += lam * (dZ.T @ SL[lab])
 
     # --- reverse-mode propagation through q(A[l], S[l-1]), l = L..0
     for l in range(L, -1, -1):
@@ -390,6 +456,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
         "x_sq": float(x_sq),
         "layer_sq": layer_sq,
         "label_sq": float(label_sq),
+        "label_loss": float(label_term),
         "n_labeled": n_labeled,
         "n_correct": n_correct,
         "n_rows": int(n),

@@ -156,6 +156,7 @@ class DeepNMF(HierarchicalNMF):
         self.verbose = verbose
 
     semi = False  # HierarchicalNMF machinery reads it; deep NMF is nonnegative throughout
+    _auto_ranks = False  # rank selection does not model the pooling between layers
 
     @property
     def _allow_negative(self):
@@ -176,13 +177,17 @@ class DeepNMF(HierarchicalNMF):
     def _pooling(self):
         return int(self.pool_size) > 1
 
-    def fit(self, X, y=None, *, groups=None, observed=None):
+    def fit(self, X, y=None, *, groups=None, observed=None, checkpoint=None, checkpoint_every=None, resume=False):
         """Forward pass layer by layer, then ``backprop_iter`` iterations of backpropagation.
 
         ``y`` (-1 = unlabeled) makes the last layer semi-supervised; ``groups`` (contiguous ids, one
         per sample; taken from a Corpus if not given) bound the pooling windows.
+        ``checkpoint``, ``checkpoint_every``, ``resume``: checkpoints of the forward pass (every
+        layer, and within a layer every ``checkpoint_every`` iterations), as
+        :meth:`HierarchicalNMF.fit`; the backpropagation phase is rerun from its start on resume.
         """
-        self._fit_deep(X, y, groups=groups, observed=observed)
+        self._fit_deep(X, y, groups=groups, observed=observed,
+                       run=dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume))
         return self
 
     # -- hooks into HierarchicalNMF's forward pass -------------------------------------------
@@ -209,10 +214,10 @@ class DeepNMF(HierarchicalNMF):
         return Blocks(pooled, offsets, k, data.dtype, False, None, persisted=True), g_parts, y_parts
 
     # -- fitting ---------------------------------------------------------------------------
-    def _fit_deep(self, X, y, *, groups, observed, debug=False):
+    def _fit_deep(self, X, y, *, groups, observed, debug=False, run=None):
         pool_size, stride = int(self.pool_size), int(self.stride)
         with scheduler_context(self.scheduler):
-            state = self._fit_layers(X, y, groups=groups, observed=observed)
+            state = self._fit_layers(X, y, groups=groups, observed=observed, run=run)
             blocks, g, codes = state["blocks"], state["groups"], state["codes"]
             S_final = state["forward_S"]
             if self.backprop_iter > 0:

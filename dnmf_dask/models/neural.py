@@ -16,9 +16,12 @@ import numpy as np
 from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.neural import chunk_cost_grad
+from ..kernels.neural import LABEL_LOSSES, chunk_cost_grad, fit_classifier
+from ..kernels.solvers import canonical_loss
 from ..parallel.mapreduce import map_reduce
+from .. import progress
 from ..parallel.scheduler import scheduler_context
+from ..store.checkpoint import rng_from_json, rng_state_to_json
 from .base import data_summary, seed_from
 from .hierarchical import HierarchicalNMF, check_ranks
 
@@ -30,14 +33,19 @@ ARMIJO_MAX_TRIALS = 30
 MAX_RELATIVE_STEP = 0.25
 
 
-def _cost_grad_task(X, y, *, As, B, lam, cost):
-    c, gA, gB, ex = chunk_cost_grad(X, list(As), B, y, lam, cost)
-    st = {"cost": c, "recon_sq": ex["recon_sq"], "x_sq": ex["x_sq"], "label_sq": ex["label_sq"],
+def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss):
+    c, gA, gB, ex = chunk_cost_grad(X, list(As), B, y, lam, cost, label_loss=label_loss, return_S=True)
+    st = {"cost": c, "recon_sq": ex["recon_sq"], "x_sq": ex["x_sq"], "label_loss": ex["label_loss"],
           "n_labeled": ex["n_labeled"], "n_correct": ex["n_correct"]}
     for l, g in enumerate(gA):
         st[f"gA{l}"] = np.asarray(g, dtype=np.float64)
     if gB is not None:
         st["gB"] = np.asarray(gB, dtype=np.float64)
+        lab = np.flatnonzero(y >= 0) if y is not None else np.zeros(0, dtype=np.int64)
+        # the labeled rows' last-layer codes (lists concatenate in the tree reduction, in block
+        # order): the driver refits B to them without another pass over X
+        st["SL_lab"] = [np.asarray(ex["S"][-1][lab], dtype=np.float64)]
+        st["y_lab"] = [np.asarray(y[lab], dtype=np.int64)]
     return None, st
 
 
@@ -50,11 +58,17 @@ class NeuralNMF(HierarchicalNMF):
 
     or ``cost="layerwise"``: Σ_l ||S(l−1) − S(l) A(l)ᵀ||² + the same label term. Unsupervised
     when ``y`` is None or all −1, semi-supervised when some labels are −1, supervised otherwise.
+    With ``label_loss="cross-entropy"`` the label term is λ Σ_labeled −log softmax(B s_m)[y_m]
+    (the classifier of the authors' code) and B is an unconstrained linear classifier; with
+    "frobenius" B ≥ 0 as in SSNMF.
 
     Parameters
     ----------
     ranks : sequence of int (k0, …, kL)
     lam : float, default 1.0 — weight λ of the label term
+    label_loss : {'frobenius', 'cross-entropy'} — squared error on one-hot labels (B ≥ 0) or
+        softmax cross-entropy (B signed). A 9-class problem read off a 2- or 4-dimensional last
+        layer needs the latter: no B ≥ 0 separates it by squared error (pipelines/table1.py).
     cost : {'reconstruction', 'layerwise'}
     solver : {'pgd', 'sgd'}
         'pgd': full-batch projected gradient descent with an Armijo backtracking step (one pass
@@ -68,6 +82,10 @@ class NeuralNMF(HierarchicalNMF):
     step_scaling : {'block', 'none'} — pgd search direction: every factor's gradient scaled to
         the factor's norm (a block-diagonal positive scaling, still a descent direction), or the
         plain gradient with one step for all factors
+    classifier_iter : int, default 50 — after every step of the factors, B is refitted to the
+        current last layer (the label term is convex in B: an exact block-coordinate step, to this
+        many L-BFGS-B iterations; B ≥ 0 for 'frobenius'); 0 = B only moves with the joint
+        gradient step
     learning_rate, decay, batch_size : sgd settings (batch_size sets the rows per block for
         in-memory X; dask/corpus inputs use their blocks)
 
@@ -80,15 +98,18 @@ class NeuralNMF(HierarchicalNMF):
     init_model_ : the HierarchicalNMF used to initialise (init='hierarchical')
     """
 
-    def __init__(self, ranks=(9, 4), *, lam=1.0, cost="reconstruction", solver="pgd", epochs=100, tol=1e-6,
+    def __init__(self, ranks=(9, 4), *, lam=1.0, label_loss="frobenius", cost="reconstruction", solver="pgd",
+                 epochs=100, tol=1e-6, classifier_iter=50,
                  init="hierarchical", init_max_iter=200, step_scaling="block", learning_rate=1e-3, decay=0.0,
                  batch_size=None, random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
         self.ranks = ranks
         self.lam = lam
+        self.label_loss = label_loss
         self.cost = cost
         self.solver = solver
         self.epochs = epochs
         self.tol = tol
+        self.classifier_iter = classifier_iter
         self.init = init
         self.init_max_iter = init_max_iter
         self.step_scaling = step_scaling
@@ -116,11 +137,13 @@ class NeuralNMF(HierarchicalNMF):
         check_nonneg_float(self.lam, "lam")
         check_choice(self.step_scaling, "step_scaling", ("block", "none"))
         check_choice(self.cost, "cost", ("reconstruction", "layerwise"))
+        check_choice(canonical_loss(self.label_loss), "label_loss", LABEL_LOSSES)
         check_choice(self.solver, "solver", ("pgd", "sgd"))
         check_choice(self.init, "init", ("hierarchical", "random"))
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.init_max_iter, "init_max_iter")
         check_nonneg_float(self.tol, "tol")
+        check_positive_int(self.classifier_iter, "classifier_iter", minimum=0)
         check_nonneg_float(self.learning_rate, "learning_rate")
         check_nonneg_float(self.decay, "decay")
         check_positive_int(self.batch_size, "batch_size", allow_none=True)
@@ -131,8 +154,19 @@ class NeuralNMF(HierarchicalNMF):
     def max_iter(self):  # HierarchicalNMF's API name for the iteration budget
         return self.epochs
 
-    def fit(self, X, y=None, *, groups=None, observed=None):
-        """Train on X (numpy, scipy.sparse, dask array or corpus) and labels y (−1 = unlabeled)."""
+    def fit(self, X, y=None, *, groups=None, observed=None, checkpoint=None, checkpoint_every=None, resume=False,
+            warm_start=None):
+        """Train on X (numpy, scipy.sparse, dask array or corpus) and labels y (−1 = unlabeled).
+
+        checkpoint, checkpoint_every, resume : write the training state (A, B, the current
+            cost and gradients, step size, iteration / epoch, RNG state, history) to the folder
+            ``checkpoint`` every ``checkpoint_every`` iterations (pgd) or epochs (sgd), and with
+            ``resume=True`` continue from the newest one (see :meth:`dnmf_dask.NMF.fit`). The
+            hierarchical initialisation checkpoints into ``checkpoint/init``.
+        warm_start : a fitted NeuralNMF with the same ranks; its A and B replace the initialisation.
+        """
+        from ._run import check_warm_start, make_checkpointer, resume_point
+
         if observed is not None:
             raise DNMFValueError("observed: expected None (Neural NMF does not support missing data), found a mask")
         ranks = self._validate_params()
@@ -144,14 +178,36 @@ class NeuralNMF(HierarchicalNMF):
             seed = seed_from(self.random_state)
             codes, n_classes = self._encode_labels(y)
             dtype = np.float64
-            if self.init == "hierarchical":
-                h = HierarchicalNMF(ranks, lam=self.lam, max_iter=self.init_max_iter, tol=1e-4, random_state=seed,
-                                    chunk_rows=chunk_rows, persist=self.persist)
+            ck = make_checkpointer(self, checkpoint, checkpoint_every, resume, blocks, y)
+            resumed = resume_point(ck, resume, ("neural",))
+            warm = check_warm_start(self, warm_start, blocks.n_features)
+            if warm is not None and [A.shape[1] for A in warm.A_] != list(ranks):
+                raise DNMFValueError(f"warm_start: expected a model with ranks {ranks}, found {[A.shape[1] for A in warm.A_]}")
+            if resumed is not None:
+                As = [resumed.arrays[f"A{l}"] for l in range(len(ranks))]
+                B = resumed.arrays.get("B")
+                self.init_model_ = None
+            elif warm is not None:
+                As = [np.asarray(A, dtype=dtype) for A in warm.A_]
+                B = None
+                if n_classes and getattr(warm, "B_", None) is not None and np.array_equal(warm.classes_, self.classes_):
+                    B = np.asarray(warm.B_, dtype=dtype)
+                self.init_model_ = None
+            elif self.init == "hierarchical":
+                # the hierarchical SSNMF's label term is a squared error; for cross-entropy the
+                # layers start unsupervised and B is fitted to them (refit_B below)
+                ce = canonical_loss(self.label_loss) == "cross-entropy"
+                h = HierarchicalNMF(ranks, lam=0.0 if ce else self.lam, max_iter=self.init_max_iter, tol=1e-4,
+                                    random_state=seed, chunk_rows=chunk_rows, persist=self.persist)
                 import warnings
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    h.fit(X, y, groups=groups)
+                    init_run = {}
+                    if ck is not None:  # the initial fit checkpoints into a sub-folder
+                        ck._mkdir()
+                        init_run = dict(checkpoint=ck.path / "init", checkpoint_every=ck.every, resume=resume)
+                    h.fit(X, None if ce else y, groups=groups, **init_run)
                 As = [A.astype(dtype) for A in h.A_]
                 B = h.B_.astype(dtype) if getattr(h, "B_", None) is not None else None
                 self.init_model_ = h
@@ -164,13 +220,15 @@ class NeuralNMF(HierarchicalNMF):
             if n_classes and B is None:
                 B = random_matrix(seed, (n_classes, ranks[-1]), 1.0 / np.sqrt(ranks[-1]), dtype, stream=3)
             lam = self.lam if n_classes else 0.0
+            # B ≥ 0 for the squared-error classifier (SSNMF); softmax logits are signed
+            project_B = (lambda M: M) if canonical_loss(self.label_loss) == "cross-entropy" else (lambda M: np.maximum(M, 0.0))
             y_parts = blocks.split(codes)
             per_block = list(zip(blocks.X, y_parts))
 
             def evaluate(As, B, idx=None):
                 items = per_block if idx is None else [per_block[i] for i in idx]
                 _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
-                                   lam=lam, cost=self.cost)
+                                   lam=lam, cost=self.cost, label_loss=self.label_loss)
                 return st
 
             hist = {k: [] for k in ("cost", "rel_error", "loss_Y", "accuracy_labeled", "step")}
@@ -178,30 +236,70 @@ class NeuralNMF(HierarchicalNMF):
             def record(st, step):
                 hist["cost"].append(float(st["cost"]))
                 hist["rel_error"].append(float(np.sqrt(st["recon_sq"] / st["x_sq"])) if st["x_sq"] > 0 else 0.0)
-                hist["loss_Y"].append(float(st["label_sq"]))
+                hist["loss_Y"].append(float(st["label_loss"]))
                 nl = st["n_labeled"]
                 hist["accuracy_labeled"].append(st["n_correct"] / nl if nl else float("nan"))
                 hist["step"].append(float(step))
 
+            refits_B = B is not None and lam > 0 and self.classifier_iter > 0 and n_classes > 0
+
+            def refit_B(st, As, B):
+                """The exact block-coordinate step for B, then the statistics (and the gradients,
+                which depend on B through the label term) at the new point: one more pass."""
+                if B is None or lam == 0 or self.classifier_iter == 0 or st["n_labeled"] == 0:
+                    return st, B
+                SLl, yl = np.vstack(st["SL_lab"]), np.concatenate(st["y_lab"])
+                B_new, _ = fit_classifier(SLl, yl, B, self.label_loss, self.classifier_iter)
+                B_new = B_new.astype(dtype)
+                return evaluate(As, B_new), B_new
+
             L = len(ranks)
-            st = evaluate(As, B)
-            record(st, 0.0)
-            stop_reason, n_iter = "max_iter", 0
+            first, t, rng = 1, None, None
+            if resumed is not None:
+                first = resumed.iteration + 1
+                hist = {k: list(v) for k, v in resumed.state["history"].items()}
+                st = dict(resumed.state["stats"])
+                st.update({k[3:]: v for k, v in resumed.arrays.items() if k.startswith("st_")})
+                t = resumed.state.get("step")
+                if resumed.state.get("rng") is not None:
+                    rng = rng_from_json(resumed.state["rng"])
+            else:
+                st, B = refit_B(evaluate(As, B), As, B)
+                record(st, 0.0)
+
+            def save(it, step=None, rng=None):
+                if ck is None or not ck.due(it) or it >= self.epochs:
+                    return
+                arrays = {f"A{l}": A for l, A in enumerate(As)}
+                arrays["B"] = B
+                arrays.update({f"st_{k}": v for k, v in st.items() if isinstance(v, np.ndarray)})
+                # (the labeled rows' codes SL_lab / y_lab are not needed to continue)
+                scal = {k: v for k, v in st.items() if not isinstance(v, (np.ndarray, list))}
+                ck.save(phase="neural", iteration=it, arrays=arrays, state={
+                    "history": hist, "stats": scal, "step": step,
+                    "rng": None if rng is None else rng_state_to_json(rng)})
+
+            stop_reason, n_iter = "max_iter", first - 1
+            bar = progress.Progress(f"NeuralNMF {self.solver}", self.epochs, start=first - 1)
             if self.solver == "pgd":
                 # per-variable scaling: each factor moves relative to its own size, so that B and
                 # the deep factors are not frozen by the step the large A0 gradient allows
-                t = 0.1 if self.step_scaling == "block" else 1.0 / max(
-                    np.sqrt(sum(np.sum(st[f"gA{l}"] ** 2) for l in range(L))), 1e-300)
-                for it in range(1, self.epochs + 1):
+                if t is None:
+                    t = 0.1 if self.step_scaling == "block" else 1.0 / max(
+                        np.sqrt(sum(np.sum(st[f"gA{l}"] ** 2) for l in range(L))), 1e-300)
+                for it in range(first, self.epochs + 1):
                     grads = [self._direction(A, st[f"gA{l}"]) for l, A in enumerate(As)]
-                    gB = None if B is None else self._direction(B, st["gB"])
-                    raw = [st[f"gA{l}"] for l in range(L)] + ([st["gB"]] if B is not None else [])
+                    # B joins the gradient step unless it has its own exact step (refit_B): its
+                    # near-zero gradient, scaled to ||B||, would only force tiny steps on the A's
+                    step_B = B is not None and not refits_B
+                    gB = self._direction(B, st["gB"]) if step_B else None
+                    raw = [st[f"gA{l}"] for l in range(L)] + ([st["gB"]] if step_B else [])
                     accepted = False
                     for _ in range(ARMIJO_MAX_TRIALS):
                         As_new = [np.maximum(A - t * g, 0.0) for A, g in zip(As, grads)]
-                        B_new = None if B is None else np.maximum(B - t * gB, 0.0)
-                        olds = As + ([B] if B is not None else [])
-                        news = As_new + ([B_new] if B is not None else [])
+                        B_new = project_B(B - t * gB) if step_B else B
+                        olds = As + ([B] if step_B else [])
+                        news = As_new + ([B_new] if step_B else [])
                         decrease = sum(np.sum(g * (F - Fn)) for g, F, Fn in zip(raw, olds, news))
                         st_new = evaluate(As_new, B_new)
                         if st_new["cost"] <= st["cost"] - ARMIJO_SIGMA * decrease:
@@ -214,31 +312,38 @@ class NeuralNMF(HierarchicalNMF):
                         break
                     prev = st["cost"]
                     As, B, st = As_new, B_new, st_new
+                    st, B = refit_B(st, As, B)
                     record(st, t)
                     if self.verbose:
                         print(f"NeuralNMF iteration {it}: cost {st['cost']:.6g} rel_error {hist['rel_error'][-1]:.4f} step {t:.3g}")
                     t *= 2.0  # try a longer step next time
                     if self.step_scaling == "block":
                         t = min(t, MAX_RELATIVE_STEP)
+                    bar.update(it)
                     if self.tol > 0 and prev - st["cost"] <= self.tol * abs(prev):
                         stop_reason = "tol"
                         break
+                    save(it, step=t)
             else:
-                rng = np.random.default_rng([seed, 99])
+                if rng is None:
+                    rng = np.random.default_rng([seed, 99])
                 n = blocks.n_samples
-                for ep in range(1, self.epochs + 1):
+                for ep in range(first, self.epochs + 1):
                     lr = self.learning_rate / (1.0 + self.decay * (ep - 1))
                     for i in rng.permutation(blocks.n_blocks):
                         sb = evaluate(As, B, idx=[i])
                         w = n / blocks.sizes[i]  # unbiased estimate of the full-batch gradient
                         As = [np.maximum(A - lr * w * sb[f"gA{l}"], 0.0) for l, A in enumerate(As)]
                         if B is not None:
-                            B = np.maximum(B - lr * w * sb["gB"], 0.0)
-                    st = evaluate(As, B)
+                            B = project_B(B - lr * w * sb["gB"])
+                    st, B = refit_B(evaluate(As, B), As, B)
                     record(st, lr)
                     n_iter = ep
                     if self.verbose:
                         print(f"NeuralNMF epoch {ep}: cost {st['cost']:.6g} rel_error {hist['rel_error'][-1]:.4f}")
+                    bar.update(ep)
+                    save(ep, rng=rng)
+            bar.close()
             for A in As:
                 if A.min() < 0:  # pragma: no cover - projection guarantees it
                     raise AssertionError("NeuralNMF: a factor became negative")

@@ -10,19 +10,69 @@ from .._validation import check_choice, check_matrix, check_nonneg_float, check_
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
 from ..kernels.nmf import transform_block
+from ..kernels.solvers import DATA_LOSSES, LABEL_LOSSES, LOSS_ALIASES, SOLVERS, canonical_loss, transform_block_general
 from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
-from ..parallel.mu import fit_mu, init_B_lstsq
+from ..parallel.mu import SolverOptions, fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
 from .base import BaseFactorization, check_rank_fits, data_summary, seed_from
 
 import dask
 
 
-def _transform_task(X, W, *, A, scale, max_iter, tol, dtype):
+def _transform_task(X, W, *, A, scale, max_iter, tol, dtype, opts=None):
     S0 = np.full((X.shape[0], A.shape[1]), scale, dtype=dtype)
-    S, _ = transform_block(X, A, S0, max_iter=max_iter, tol=tol, W=W)
+    if opts is None:
+        S, _ = transform_block(X, A, S0, max_iter=max_iter, tol=tol, W=W)
+    else:
+        S, _ = transform_block_general(X, A, S0, max_iter=max_iter, tol=tol, W=W, loss=opts.loss,
+                                       solver=opts.solver, l1_S=opts.l1_S, l2_S=opts.l2_S)
     return S, {}
+
+
+def solver_options(est, n_samples, n_features):
+    """:class:`SolverOptions` of an estimator (``beta_loss``, ``label_loss``, ``solver``, ``alpha_W``,
+    ``alpha_H``, ``l1_ratio``), with scikit-learn's scaling of the penalties: on S (= sklearn's W)
+    by n_features, on A (= sklearn's Hᵀ) by n_samples; ``alpha_H="same"`` takes ``alpha_W``."""
+    aW = float(getattr(est, "alpha_W", 0.0))
+    aH = getattr(est, "alpha_H", "same")
+    aH = aW if isinstance(aH, str) else float(aH)
+    r = float(getattr(est, "l1_ratio", 0.0))
+    return SolverOptions(
+        loss=canonical_loss(getattr(est, "beta_loss", "frobenius")),
+        label_loss=canonical_loss(getattr(est, "label_loss", "frobenius")),
+        solver=getattr(est, "solver", "mu"),
+        l1_S=n_features * aW * r, l2_S=n_features * aW * (1.0 - r),
+        l1_A=n_samples * aH * r, l2_A=n_samples * aH * (1.0 - r),
+    )
+
+
+def validate_solver_params(est):
+    """Checks of ``beta_loss``, ``label_loss``, ``solver``, ``alpha_W``, ``alpha_H``, ``l1_ratio``."""
+    names = lambda c: tuple(c) + tuple(a for a, v in LOSS_ALIASES.items() if v in c)  # noqa: E731
+    loss = canonical_loss(check_choice(getattr(est, "beta_loss", "frobenius"), "beta_loss", names(DATA_LOSSES)))
+    if hasattr(est, "label_loss"):
+        check_choice(est.label_loss, "label_loss", names(LABEL_LOSSES))
+    solver = check_choice(getattr(est, "solver", "mu"), "solver", SOLVERS)
+    if solver != "mu" and loss != "frobenius":
+        raise DNMFValueError(f"solver: expected 'mu' for beta_loss={est.beta_loss!r} (HALS and ANLS solve the Frobenius loss), found {solver!r}")
+    if solver != "mu" and canonical_loss(getattr(est, "label_loss", "frobenius")) != "frobenius":
+        raise DNMFValueError(f"solver: expected 'mu' for label_loss={est.label_loss!r}, found {solver!r}")
+    check_nonneg_float(getattr(est, "alpha_W", 0.0), "alpha_W")
+    aH = getattr(est, "alpha_H", "same")
+    if not (isinstance(aH, str) and aH == "same"):
+        if isinstance(aH, str):
+            raise DNMFValueError(f"alpha_H: expected a finite number >= 0 or 'same', found {aH!r}")
+        check_nonneg_float(aH, "alpha_H")
+    r = check_nonneg_float(getattr(est, "l1_ratio", 0.0), "l1_ratio")
+    if r > 1:
+        raise DNMFValueError(f"l1_ratio: expected a number in [0, 1], found {r!r}")
+
+
+def check_solver_supports_mask(opts, blocks, summary):
+    """HALS/ANLS need fully observed X (their Gram matrices are shared by all rows)."""
+    if opts.solver != "mu" and (blocks.W is not None or summary.get("nan", 0)):
+        raise DNMFValueError(f"solver: expected 'mu' for data with missing entries (observed= or NaN), found {opts.solver!r}")
 
 
 class NMF(BaseFactorization):
@@ -56,6 +106,18 @@ class NMF(BaseFactorization):
         under 2 GiB) or stream it from its source each iteration (out of core).
     transform_max_iter : int, default 200
         Iterations of the S-only updates used by ``transform``.
+    beta_loss : {'frobenius', 'kullback-leibler' (alias 'kl')}, default 'frobenius'
+        Data term: ||X − S Aᵀ||² or the generalized KL (I-)divergence, evaluated only at the
+        stored entries of a sparse X (as scikit-learn's ``beta_loss``).
+    solver : {'mu', 'hals', 'anls'}, default 'mu'
+        Multiplicative updates, HALS (exact coordinate descent, as scikit-learn's ``solver="cd"``),
+        or alternating exact NNLS (block principal pivoting). HALS/ANLS: Frobenius, fully observed X.
+        Every solver reads X once per iteration.
+    alpha_W, alpha_H, l1_ratio : float, float or 'same', float; defaults 0, 'same', 0
+        scikit-learn's penalties: alpha_W on S (= sklearn's W, scaled by n_features), alpha_H on A
+        (= sklearn's H, scaled by n_samples), ``l1_ratio`` the L1 share. With penalties the
+        objective in ``history_`` is loss_X + c·P, P scikit-learn's penalty, c = 2 for Frobenius
+        (whose loss_X is not halved) and 1 for KL. No penalty by default.
 
     Attributes
     ----------
@@ -85,6 +147,11 @@ class NMF(BaseFactorization):
         persist="auto",
         transform_max_iter=200,
         verbose=0,
+        beta_loss="frobenius",
+        solver="mu",
+        alpha_W=0.0,
+        alpha_H="same",
+        l1_ratio=0.0,
     ):
         self.n_components = n_components
         self.init = init
@@ -96,6 +163,11 @@ class NMF(BaseFactorization):
         self.persist = persist
         self.transform_max_iter = transform_max_iter
         self.verbose = verbose
+        self.beta_loss = beta_loss
+        self.solver = solver
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
 
     # -- parameter validation (one place) ------------------------------------------------
     def _validate_params(self):
@@ -107,16 +179,35 @@ class NMF(BaseFactorization):
         check_nonneg_float(lam, "lam")
         if hasattr(self, "init_B"):
             check_choice(self.init_B, "init_B", ("lstsq", "random"))
+        validate_solver_params(self)
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
-        """Fit to X (numpy, scipy.sparse, dask array or an opened corpus). Returns self."""
-        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False)
+    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None, checkpoint=None, checkpoint_every=None,
+            resume=False, warm_start=None):
+        """Fit to X (numpy, scipy.sparse, dask array or an opened corpus). Returns self.
+
+        Run options (they never change the model a fit converges to):
+
+        checkpoint : folder, optional
+            Write the whole state (A, B, every row block's S, iteration, history) there every
+            ``checkpoint_every`` iterations (default 10), atomically (see
+            :mod:`dnmf_dask.store.checkpoint`).
+        resume : bool
+            Continue from the newest checkpoint in ``checkpoint`` (start afresh when there is
+            none); the result equals an uninterrupted fit.
+        warm_start : fitted estimator of the same class, optional
+            Start from its A (and B when the classes agree); S starts as its ``transform`` of X.
+        """
+        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False,
+                  run=dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, warm_start=warm_start))
         return self
 
-    def fit_transform(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
-        """Fit and return S (n_samples, k): numpy for in-memory X, a lazy dask array otherwise."""
-        return self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=True)
+    def fit_transform(self, X, y=None, *, groups=None, observed=None, W=None, H=None, **run):
+        """Fit and return S (n_samples, k): numpy for in-memory X, a lazy dask array otherwise.
+
+        ``run``: ``checkpoint``, ``checkpoint_every``, ``resume``, ``warm_start`` as in :meth:`fit`.
+        """
+        return self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=True, run=run)
 
     def _init_factors(self, blocks, summary, seed, W, H):
         k = self.n_components
@@ -143,7 +234,24 @@ class NMF(BaseFactorization):
     def _labels(self, y):
         return None, None  # NMF ignores labels
 
-    def _fit(self, X, y, *, groups, observed, W, H, return_S):
+    def _warm_factors(self, blocks, model, n_classes, summary):
+        """S blocks (the model's transform of X), A and B (when the classes agree) of ``model``."""
+        A = np.asarray(model.A_[0], dtype=blocks.dtype)
+        if A.shape[1] != self.n_components:
+            raise DNMFValueError(f"warm_start: expected a model with n_components={self.n_components}, found {A.shape[1]}")
+        scale = getattr(model, "_transform_scale", float(np.sqrt(max(summary["mean"], 0.0) / self.n_components)))
+        Ws = blocks.W or [None] * blocks.n_blocks
+        S_blocks, _ = map_reduce(_transform_task, list(zip(blocks.X, Ws)), A=A, scale=scale,
+                                 max_iter=self.transform_max_iter, tol=1e-4, dtype=blocks.dtype)
+        B = None
+        if n_classes and getattr(model, "B_", None) is not None and np.array_equal(getattr(model, "classes_", []), self.classes_):
+            B = np.asarray(model.B_, dtype=blocks.dtype)
+        return S_blocks, A, B
+
+    def _fit(self, X, y, *, groups, observed, W, H, return_S, run=None, B_start=None):
+        from ._run import check_warm_start, make_checkpointer, resume_point
+
+        run = run or {}
         self._validate_params()
         with scheduler_context(self.scheduler):
             blocks, y, info = self._prepare(X, y, groups, observed, need_labels=False)
@@ -153,18 +261,41 @@ class NMF(BaseFactorization):
             if self.init in ("nndsvd", "nndsvda"):
                 check_rank_fits(k, blocks.n_samples, blocks.n_features, "n_components", f"k with init={self.init!r}")
             seed = seed_from(self.random_state)
-            S_blocks, A = self._init_factors(blocks, summary, seed, W, H)
+            ck = make_checkpointer(self, run.get("checkpoint"), run.get("checkpoint_every"), run.get("resume"), blocks, y)
+            resumed = resume_point(ck, run.get("resume"), ("mu",))
+            warm = check_warm_start(self, run.get("warm_start"), blocks.n_features)
             y_codes, n_classes = self._labels(y)
             lam = float(getattr(self, "lam", 0.0))
-            B = None
-            if n_classes:
-                if getattr(self, "init_B", "random") == "lstsq":
+            start, B = None, None
+            if resumed is not None:
+                S_blocks, A, B = resumed.S_blocks(), resumed.arrays["A0"], resumed.arrays.get("B")
+                start = {"iteration": resumed.iteration, "history": resumed.state["history"]}
+            elif warm is not None:
+                S_blocks, A, B = self._warm_factors(blocks, warm, n_classes, summary)
+            else:
+                S_blocks, A = self._init_factors(blocks, summary, seed, W, H)
+            if n_classes and B is None:
+                if B_start is not None:
+                    B = check_matrix(B_start, "B", allow_dask=False)
+                    if B.shape != (n_classes, k):
+                        raise DNMFValueError(f"B: expected shape {(n_classes, k)}, found {B.shape}")
+                    B = np.array(B, dtype=blocks.dtype)
+                elif getattr(self, "init_B", "random") == "lstsq":
                     B = init_B_lstsq(blocks, S_blocks, y_codes, n_classes, blocks.dtype)
                 else:
                     B = self._init_B(n_classes, seed, blocks.dtype)
             log = (lambda msg: print(f"{type(self).__name__}: {msg}")) if self.verbose else None
+            save = None
+            if ck is not None:
+                def save(it, S, A, B, hist):
+                    if ck.due(it):
+                        return ck.save(phase="mu", iteration=it, arrays={"A0": A, "B": B}, S_blocks=S, state={"history": hist})
+                    return None
+            opts = solver_options(self, blocks.n_samples, blocks.n_features)
+            check_solver_supports_mask(opts, blocks, summary)
             res = fit_mu(blocks, S_blocks, A, B=B, y=y_codes, lam=lam, max_iter=self.max_iter, tol=self.tol,
-                         keep_S=return_S, log=log)
+                         keep_S=return_S, log=log, start=start, checkpoint=save, progress_label=type(self).__name__,
+                         opts=opts)
             A, B, hist, st, S_out = res.A, res.B, res.history, res.final, res.S_blocks
             n_iter, stop_reason = res.n_iter, res.stop_reason
             self.A_ = [A]
@@ -197,8 +328,15 @@ class NMF(BaseFactorization):
             parts, _ = map_reduce(
                 _transform_task, list(zip(blocks.X, W_parts)), A=A,
                 scale=self._transform_scale, max_iter=self.transform_max_iter, tol=self.tol, dtype=blocks.dtype,
+                opts=self._transform_opts(),
             )
             return self._gather(blocks, parts, A.shape[1], blocks.dtype, info["kind"])
+
+    def _transform_opts(self):
+        """The fit's loss/solver/S penalty for the S-only updates (None: Frobenius MU); from the
+        parameters, so a model loaded from a store transforms as it was fitted."""
+        opts = solver_options(self, 0, self.n_features_in_)  # n_samples = 0: no A penalty (A is fixed)
+        return None if opts.is_default else opts
 
     def inverse_transform(self, S):
         """S Aᵀ (n_samples, n_features)."""
@@ -223,7 +361,11 @@ class SSNMF(ClassifierMixin, NMF):
 
     Parameters are those of :class:`NMF` plus ``lam`` (λ, default 1.0) and ``init_B``
     ('lstsq', default: NNLS fit of the labeled rows' initial S to their one-hot labels, so each
-    class starts on the topics its samples use; 'random'). ``fit(X, y)`` needs
+    class starts on the topics its samples use; 'random') and ``label_loss`` ('frobenius',
+    'kullback-leibler' (alias 'kl'), or 'cross-entropy' of softmax(S Bᵀ)). With ``beta_loss`` these give
+    the six models of the ``ssnmf`` package (same multiplicative updates); the cross-entropy
+    term uses the split-gradient update S ⊙ (…+λ Y B)/(…+λ P B), P = softmax(S Bᵀ), whose
+    objective is not guaranteed to decrease (watch ``history_``). ``fit(X, y)`` needs
     integer labels with -1 for unlabeled samples; at least one labeled sample.
 
     Attributes (besides NMF's): ``B_`` (n_classes, k), ``classes_``; ``history_`` also has
@@ -247,6 +389,12 @@ class SSNMF(ClassifierMixin, NMF):
         persist="auto",
         transform_max_iter=200,
         verbose=0,
+        beta_loss="frobenius",
+        label_loss="frobenius",
+        solver="mu",
+        alpha_W=0.0,
+        alpha_H="same",
+        l1_ratio=0.0,
     ):
         super().__init__(
             n_components,
@@ -259,14 +407,31 @@ class SSNMF(ClassifierMixin, NMF):
             persist=persist,
             transform_max_iter=transform_max_iter,
             verbose=verbose,
+            beta_loss=beta_loss,
+            solver=solver,
+            alpha_W=alpha_W,
+            alpha_H=alpha_H,
+            l1_ratio=l1_ratio,
         )
         self.lam = lam
         self.init_B = init_B
+        self.label_loss = label_loss
 
-    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None):
-        """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one)."""
-        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False)
+    def fit(self, X, y=None, *, groups=None, observed=None, W=None, H=None, B=None, checkpoint=None,
+            checkpoint_every=None, resume=False, warm_start=None):
+        """Fit to X and labels y (-1 = unlabeled; taken from the corpus when X is one).
+
+        ``B`` (n_classes, k), optional: the classifier's start (with ``init='custom'``'s W and H,
+        e.g. to continue a run of another implementation); default: ``init_B``.
+        ``checkpoint``, ``checkpoint_every``, ``resume``, ``warm_start``: see :meth:`NMF.fit`.
+        """
+        self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=False, B_start=B,
+                  run=dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, warm_start=warm_start))
         return self
+
+    def fit_transform(self, X, y=None, *, groups=None, observed=None, W=None, H=None, B=None, **run):
+        """Fit (as :meth:`fit`) and return S (n_samples, k)."""
+        return self._fit(X, y, groups=groups, observed=observed, W=W, H=H, return_S=True, B_start=B, run=run)
 
     def _labels(self, y):
         if y is None:

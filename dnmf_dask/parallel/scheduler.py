@@ -27,6 +27,10 @@ from ..errors import DNMFValueError
 LOCAL_SCHEDULERS = ("threads", "threading", "synchronous", "sync", "processes")
 
 
+class ClusterError(RuntimeError):
+    """The scheduler at the given address cannot be reached (or refuses the connection)."""
+
+
 def _active_client():
     try:
         from distributed import default_client
@@ -37,8 +41,15 @@ def _active_client():
 
 
 @contextlib.contextmanager
-def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None, memory_limit="auto", verbose=True):
-    """Context manager that makes dask run on the chosen scheduler (see module docstring)."""
+def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None, memory_limit="auto", verbose=True,
+                      security=None, dashboard_address="127.0.0.1:0", connect_timeout=None):
+    """Context manager that makes dask run on the chosen scheduler (see module docstring).
+
+    ``security`` (a ``distributed.Security``, e.g. for ``tls://`` addresses) is used to connect
+    to an address and by a started LocalCluster; ``None`` takes dask's configuration
+    (``distributed.comm.tls.*``, also settable through ``DASK_DISTRIBUTED__COMM__TLS__...``).
+    ``dashboard_address`` of a started LocalCluster: loopback by default, ``None`` = no dashboard.
+    """
     if scheduler is None:
         addr = os.environ.get("DASK_SCHEDULER_ADDRESS")
         if addr and _active_client() is None:
@@ -70,18 +81,26 @@ def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None
             threads_per_worker=threads_per_worker,
             processes=True,
             memory_limit=memory_limit,
-            dashboard_address="127.0.0.1:0",
+            dashboard_address=dashboard_address,
             host="127.0.0.1",
-        ) as cluster, Client(cluster) as client:
+            **({"security": security} if security is not None else {}),
+        ) as cluster, Client(cluster, **({"security": security} if security is not None else {})) as client:
             if verbose:
-                print(f"dnmf: started a LocalCluster with {len(cluster.workers)} workers; dashboard: {client.dashboard_link}", file=sys.stderr)
+                dash = client.dashboard_link if dashboard_address is not None else "off"
+                print(f"dnmf: started a LocalCluster with {len(cluster.workers)} workers; dashboard: {dash}", file=sys.stderr)
             with dask.config.set(scheduler=client):
                 yield client
         return
     if "://" in scheduler or ":" in scheduler:
-        with Client(scheduler) as client:
-            with dask.config.set(scheduler=client):
-                yield client
+        kw = {"security": security} if security is not None else {}
+        if connect_timeout is not None:
+            kw["timeout"] = connect_timeout
+        try:
+            client = Client(scheduler, **kw)
+        except (OSError, TimeoutError) as e:
+            raise ClusterError(f"scheduler: cannot connect to {scheduler!r} ({type(e).__name__}: {e})") from e
+        with client, dask.config.set(scheduler=client):
+            yield client
         return
     raise DNMFValueError(
         f"scheduler: expected None, 'threads', 'synchronous', 'processes', 'local' or an address like 'tcp://host:8786', found {scheduler!r}"

@@ -1,5 +1,5 @@
 """Zarr v3 stores for corpora (and models)."""
 
-from .corpus import Corpus, open_corpus, row_blocks, write_corpus
+from .corpus import Corpus, append_corpus, corpus_fingerprint, open_corpus, row_blocks, write_corpus
 
-__all__ = ["Corpus", "open_corpus", "row_blocks", "write_corpus"]
+__all__ = ["Corpus", "append_corpus", "corpus_fingerprint", "open_corpus", "row_blocks", "write_corpus"]

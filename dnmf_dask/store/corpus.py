@@ -151,6 +151,31 @@ def _block_iter(X, offsets):
             yield X[offsets[i] : offsets[i + 1]]
 
 
+def _write_blocks(xg, X, offsets, is_sparse, first=0, overwrite=False) -> int:
+    """Write the row blocks of X as ``xg/<first + i>``; returns the nonzeros written (sparse)."""
+    f = X.shape[1]
+    written_nnz = 0
+    for j, block in enumerate(_block_iter(X, offsets)):
+        i = first + j
+        if is_sparse:
+            block = sp.csr_matrix(block)
+            block.sum_duplicates()
+            block.sort_indices()
+            if block.data.size and not np.all(np.isfinite(block.data)):
+                raise DNMFValueError(f"X: expected finite values, found NaN or inf in block {j}")
+            bg = xg.create_group(str(i), overwrite=overwrite)
+            for name, arr in (("data", block.data), ("indices", block.indices.astype(np.int32)), ("indptr", block.indptr.astype(np.int64))):
+                bg.create_array(name, data=np.ascontiguousarray(arr), chunks=(max(1, min(arr.size, 1 << 22)),))
+            written_nnz += block.nnz
+        else:
+            block = np.asarray(block)
+            if np.isinf(block).any():
+                raise DNMFValueError(f"X: expected finite values or NaN for missing entries, found inf in block {j}")
+            rows = max(1, min(block.shape[0], TARGET_BYTES_PER_BLOCK // max(1, f * block.dtype.itemsize)))
+            xg.create_array(str(i), data=np.ascontiguousarray(block), chunks=(rows, f), overwrite=overwrite)
+    return written_nnz
+
+
 def _write_strings(g, name, values):
     values = np.asarray(values).astype(str)
     a = g.create_array(name, shape=values.shape, dtype=str, chunks=(max(1, min(len(values), 65536)),))
@@ -245,24 +270,7 @@ def write_corpus(
     with atomic_directory(path, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w-")
         xg = root.create_group("X")
-        written_nnz = 0
-        for i, block in enumerate(_block_iter(X, offsets)):
-            if is_sparse:
-                block = sp.csr_matrix(block)
-                block.sum_duplicates()
-                block.sort_indices()
-                if block.data.size and not np.all(np.isfinite(block.data)):
-                    raise DNMFValueError(f"X: expected finite values, found NaN or inf in block {i}")
-                bg = xg.create_group(str(i))
-                for name, arr in (("data", block.data), ("indices", block.indices.astype(np.int32)), ("indptr", block.indptr.astype(np.int64))):
-                    bg.create_array(name, data=np.ascontiguousarray(arr), chunks=(max(1, min(arr.size, 1 << 22)),))
-                written_nnz += block.nnz
-            else:
-                block = np.asarray(block)
-                if np.isinf(block).any():
-                    raise DNMFValueError(f"X: expected finite values or NaN for missing entries, found inf in block {i}")
-                rows = max(1, min(block.shape[0], TARGET_BYTES_PER_BLOCK // max(1, f * block.dtype.itemsize)))
-                xg.create_array(str(i), data=np.ascontiguousarray(block), chunks=(rows, f))
+        written_nnz = _write_blocks(xg, X, offsets, is_sparse)
         for name, v in (("y", y), ("y_true", y_true), ("groups", groups)):
             if v is not None:
                 _write_ints(root, name, v)
@@ -309,6 +317,8 @@ def _load_block(path: str, i: int, sparse: bool, shape, dtype):
 
 
 def _read_optional(root, name):
+    # after an append the per-sample arrays live under new names recorded in the attrs
+    name = dict(root.attrs).get("sample_arrays", {}).get(name, name)
     if name in root:
         return root[name][:]
     return None
@@ -360,3 +370,119 @@ def open_corpus(path) -> Corpus:
                 raise StoreError(f"corpus {str(p)!r}: {name} has shape {v.shape}, expected ({length},)")
         setattr(out, name, v)
     return out
+
+
+#: per-sample arrays an append extends (feature_names and label_names are per corpus)
+_SAMPLE_ARRAYS = ("y", "y_true", "groups", "sample_ids")
+
+
+def append_corpus(path, X, y=None, groups=None, *, sample_ids=None, y_true=None, chunk_rows=None, provenance=None):
+    """Append new samples (rows) to an existing corpus store as new row blocks.
+
+    Existing blocks are never rewritten. The new blocks are written under unused names, the
+    extended per-sample arrays (``y``, ``y_true``, ``groups``, ``sample_ids``) under new names,
+    and the store only switches to them with the final, atomic update of its metadata
+    (``zarr.json``): an append that fails or is killed leaves the corpus as it was.
+
+    Parameters
+    ----------
+    path : corpus store written by :func:`write_corpus`
+    X : array-like (n_new, n_features), same features (and dense/sparse kind) as the store
+    y, y_true : labels of the new rows (default -1 = unknown when the store has labels)
+    groups : group ids of the new rows (renumbered after the store's groups, so a new group
+        never joins an old one); default one group per new row when the store has groups
+    sample_ids : ids of the new rows (required when the store has sample ids)
+    chunk_rows : rows per new block (default: the store's first block size)
+    provenance : JSON dict recorded in the store's ``appends`` list
+
+    Returns
+    -------
+    Corpus, reopened
+    """
+    c = open_corpus(path)
+    root = zarr.open_group(str(c.path), mode="r+")
+    a = dict(root.attrs)
+    n_old, f, sparse_old = a["n_samples"], a["n_features"], a["sparse"]
+    X = check_matrix(X, "X", allow_nan=True, allow_negative=True, allow_dask=True)
+    n, f_new = X.shape
+    if f_new != f or n == 0:
+        raise DNMFValueError(f"X: expected at least one row of {f} features (as the corpus), found shape {X.shape}")
+    is_sparse = (isinstance(X, da.Array) and sp.issparse(X._meta)) or sp.issparse(X)
+    if is_sparse != bool(sparse_old):
+        raise DNMFValueError(f"X: expected {'sparse' if sparse_old else 'dense'} data (as the corpus), found {'sparse' if is_sparse else 'dense'}")
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+    X = X.astype(np.dtype(a["dtype"]))
+    new = {}
+    for name, v in (("y", y), ("y_true", y_true)):
+        if v is not None:
+            new[name] = check_labels(v, n, name)
+        elif getattr(c, name) is not None:
+            new[name] = np.full(n, -1, dtype=np.int64)
+    if c.groups is not None or groups is not None:
+        if c.groups is None:
+            raise DNMFValueError("groups: expected None (the corpus has no groups), found group ids")
+        g = np.arange(n) if groups is None else check_groups(groups, n)
+        _, g = np.unique(g, return_inverse=True)  # codes 0..m-1 (a relabeling keeps groups contiguous)
+        new["groups"] = g.astype(np.int64) + int(c.groups.max()) + 1
+    if c.sample_ids is not None or sample_ids is not None:
+        if c.sample_ids is None or sample_ids is None:
+            raise DNMFValueError("sample_ids: expected ids for the new rows exactly when the corpus has them, found a mismatch")
+        sid = np.asarray(sample_ids).astype(str)
+        if sid.shape != (n,):
+            raise DNMFValueError(f"sample_ids: expected {n} ids, found shape {sid.shape}")
+        new["sample_ids"] = sid
+    offsets_old = np.asarray(a["row_offsets"], dtype=np.int64)
+    if chunk_rows is None:
+        chunk_rows = int(offsets_old[1] - offsets_old[0])
+    offsets_new = row_blocks(n, chunk_rows, new.get("groups"))
+    gen = len(a.get("appends", [])) + 1
+    n_blocks_old = len(offsets_old) - 1
+    # blocks left over by an interrupted append sit at these names; they are not part of the corpus
+    written_nnz = _write_blocks(root["X"], X, offsets_new, is_sparse, first=n_blocks_old, overwrite=True)
+    names = dict(a.get("sample_arrays", {}))
+    old_names = dict(names)
+    for key in _SAMPLE_ARRAYS:
+        if key not in new:
+            continue
+        full = np.concatenate([np.asarray(getattr(c, key)), new[key]])
+        stored = f"{key}.{gen}"
+        if stored in root:
+            del root[stored]
+        (_write_strings if key == "sample_ids" else _write_ints)(root, stored, full)
+        names[key] = stored
+    appends = list(a.get("appends", [])) + [{
+        "n_samples": int(n), "first_block": int(n_blocks_old),
+        "appended": _dt.datetime.now(_dt.timezone.utc).isoformat(), "provenance": provenance or {},
+    }]
+    root.attrs.update({  # one atomic write of zarr.json: the corpus switches to the new state here
+        "n_samples": int(n_old + n),
+        "nnz": (int(a["nnz"]) + int(written_nnz)) if sparse_old else None,
+        "row_offsets": offsets_old.tolist() + (offsets_new[1:] + n_old).tolist(),
+        "sample_arrays": names,
+        "appends": appends,
+    })
+    for key, stored in old_names.items():  # the superseded per-sample arrays
+        if names.get(key) != stored and stored in root:
+            del root[stored]
+    for key in names:
+        if key in root and names[key] != key:
+            del root[key]
+    return open_corpus(c.path)
+
+
+def corpus_fingerprint(corpus) -> str:
+    """A sha256 identifying the corpus' content version (shape, blocks, labels, appends).
+
+    Cheap (metadata and per-sample arrays only): an append or a re-ingest changes it.
+    """
+    import hashlib
+
+    a = corpus.attrs
+    h = hashlib.sha256()
+    h.update(json.dumps({k: a.get(k) for k in ("n_samples", "n_features", "dtype", "sparse", "nnz", "row_offsets",
+                                                 "created", "appends")}, sort_keys=True).encode())
+    for name in ("y", "groups"):
+        v = getattr(corpus, name)
+        h.update(name.encode() + (b"-" if v is None else np.ascontiguousarray(v, dtype=np.int64).tobytes()))
+    return h.hexdigest()

@@ -61,8 +61,13 @@ def _registry():
     return {name: getattr(models, name) for name in models.__all__}
 
 
-def save_model(model, path, *, data=None, feature_names=None, overwrite=False):
-    """Write a fitted estimator to ``path`` atomically. ``data``: JSON provenance of the training data."""
+def save_model(model, path, *, data=None, feature_names=None, overwrite=False, config=None, corpus_fingerprint=None):
+    """Write a fitted estimator to ``path`` atomically. ``data``: JSON provenance of the training data.
+
+    ``config`` (JSON dict: how the fit was run) is stored with its ``config_sha256``, and
+    ``corpus_fingerprint`` identifies the training corpus; together they make a rerun of the
+    same fit on the same data recognisable (:mod:`.versions`).
+    """
     if not hasattr(model, "A_"):
         raise DNMFValueError(f"model: expected a fitted estimator, found an unfitted {type(model).__name__}")
     cls = type(model).__name__
@@ -97,6 +102,12 @@ def save_model(model, path, *, data=None, feature_names=None, overwrite=False):
                 "dnmf_version": __version__,
             }
         )
+        if config is not None:
+            from .versions import config_sha256
+
+            root.attrs.update({"config": _to_json(config), "config_sha256": config_sha256(_to_json(config))})
+        if corpus_fingerprint is not None:
+            root.attrs["corpus_fingerprint"] = corpus_fingerprint
     return Path(path)
 
 
