@@ -464,7 +464,7 @@ def test_cli_unwritable_outputs_exit_2(tmp_path, rng, capsys, monkeypatch):
     capsys.readouterr()
     _fail_writes_after(monkeypatch, 0, OSError(errno.ENOSPC, "No space left on device"))
     assert main(["fit", str(tmp_path / "c.zarr"), str(tmp_path / "m.zarr"), "--model", "ssnmf", "-k", "2",
-                 "--max-iter", "3", "--tol", "0", "--scheduler", "synchronous", "--overwrite"]) == 2
+                 "--max-iter", "3", "--tol", "0", "--scheduler", "synchronous", "--overwrite", "--force", "--quiet"]) == 2
     monkeypatch.undo()
     import dnmf_dask.store.atomic as atomic
 
@@ -473,7 +473,7 @@ def test_cli_unwritable_outputs_exit_2(tmp_path, rng, capsys, monkeypatch):
 
     monkeypatch.setattr(atomic.os, "replace", full)
     assert main(["predict", str(tmp_path / "m.zarr"), str(tmp_path / "c.zarr"), str(tmp_path / "p.txt"),
-                 "--scheduler", "synchronous"]) == 2
+                 "--scheduler", "synchronous", "--quiet"]) == 2
     monkeypatch.undo()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("dnmf: error: path: expected to write") for e in err)
