@@ -1,4 +1,4 @@
-"""The ``dnmf`` command line: ingest, fit, predict, evaluate, demo.
+"""The ``dnmf`` command line: ingest, fit, predict, evaluate, report, demo.
 
 Bad input prints one line ``dnmf: error: ...`` on stderr and exits with code 2; nothing already
 written is damaged (stores are written atomically).
@@ -207,6 +207,71 @@ def cmd_demo(args):
     return results
 
 
+# -- evaluate / report ------------------------------------------------------------------------
+def _evaluate_run(args):
+    """Load the model stores of ``args.run`` and evaluate each on the corpus; returns (evals, corpus)."""
+    from .evaluate.report import evaluate_model, find_corpus, find_models
+    from .parallel.scheduler import scheduler_context
+    from .store import open_corpus
+    from .store.model import load_model
+
+    paths = find_models(args.run)
+    models = [load_model(p) for p in paths]
+    corpus = open_corpus(find_corpus(args.run, args.corpus, models))
+    evals = []
+    with scheduler_context(args.scheduler or "threads"):
+        for i, (p, m) in enumerate(zip(paths, models), 1):
+            print(f"dnmf: evaluating [{i}/{len(models)}] {p.name} on {corpus.path.name} ...", file=sys.stderr, flush=True)
+            evals.append(evaluate_model(m, corpus, name=p.name, angles=not args.no_angles, max_pairs=args.max_pairs))
+    return evals, corpus
+
+
+def cmd_evaluate(args):
+    from .evaluate.report import format_metrics
+
+    evals, corpus = _evaluate_run(args)
+    for ev in evals:
+        print(format_metrics(ev))
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps({ev["name"]: ev["metrics"] for ev in evals}, indent=2) + "\n")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return evals
+
+
+def cmd_report(args):
+    from .evaluate.report import write_report
+
+    evals, corpus = _evaluate_run(args)
+    run = Path(args.run)
+    out = Path(args.out) if args.out else (run if run.is_dir() and not (run / "zarr.json").exists() else run.parent) / "report.html"
+    info = {"corpus": str(corpus.path), "shape": list(corpus.shape), "labeled": None if corpus.y is None else int((corpus.y >= 0).sum()),
+            "provenance": {k: v for k, v in corpus.attrs.get("provenance", {}).items() if k != "non_utf8_files"}}
+    write_report(out, evals, title=args.title or f"dnmf report: {run.name}", corpus_info=info)
+    print(f"wrote {out}")
+    return out
+
+
+def _add_evaluate_parsers(sub):
+    for name, func, what in (("evaluate", cmd_evaluate, "print (and save as JSON) the metrics of stored models on a corpus"),
+                             ("report", cmd_report, "write a self-contained HTML report of a run (metrics, loss curves, "
+                                                    "topic hierarchy, factor heat maps, confusion matrix, layer angles)")):
+        pe = sub.add_parser(name, help=what, description=what)
+        pe.add_argument("run", help="a run folder (its *.zarr model stores and models/*.zarr) or one model store")
+        pe.add_argument("--corpus", default=None, help="corpus store to evaluate on (default: RUN/corpus.zarr, else the "
+                        "corpus recorded in the model store)")
+        pe.add_argument("--out", default=None, help="JSON metrics file (evaluate; default: none) or HTML file (report; "
+                        "default: RUN/report.html)")
+        if name == "report":
+            pe.add_argument("--title", default=None, help="title of the report (default: the run folder's name)")
+        pe.add_argument("--no-angles", action="store_true", help="skip the layer angle/distance analysis (§4.5)")
+        pe.add_argument("--max-pairs", type=int, default=2000, help="sample pairs per class and relation for the layer angles")
+        pe.add_argument("--scheduler", default=None, help="dask scheduler for transform/predict (default: threads)")
+        pe.set_defaults(func=func)
+
+
 # -- parser ------------------------------------------------------------------------------
 def build_parser():
     p = argparse.ArgumentParser(prog="dnmf", description="Distributed hierarchical NMF topic models on dask.")
@@ -258,6 +323,7 @@ def build_parser():
     pd.add_argument("--chunk-rows", type=int, default=4000)
     _scheduler_arg(pd)
     pd.set_defaults(func=cmd_demo)
+    _add_evaluate_parsers(sub)
     return p
 
 
