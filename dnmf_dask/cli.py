@@ -45,6 +45,10 @@ def cmd_ingest(args):
         tc = bbc_news_corpus()
         X, y_true, groups = tc.X, tc.y, tc.groups
         feature_names, label_names, sample_ids, prov = tc.feature_names, tc.label_names, tc.sample_ids, tc.params
+    elif args.source == "audio":
+        ac = _load_audio(args)
+        X, y_true, groups = ac.X, ac.y, ac.groups
+        feature_names, label_names, sample_ids, prov = ac.feature_names, ac.label_names, ac.sample_ids, ac.params
     else:
         X, y_true, groups, feature_names, label_names, sample_ids, prov = _load_array_file(args.input)
     y = y_true
@@ -57,6 +61,38 @@ def cmd_ingest(args):
     )
     print(f"wrote {c!r}")
     return c
+
+
+def _load_audio(args):
+    """Spectrogram frames of the audio files under ``--input`` (labels from sub-folders or name prefixes)."""
+    from .errors import DNMFValueError
+    from .ingest.audio import audio_corpus, audio_folder
+
+    if not args.input:
+        raise DNMFValueError("input: expected --input DIR (a folder of .wav/.flac/.ogg files), found none")
+    classes = args.classes.split(",") if args.classes else None
+    files, labels, names = audio_folder(args.input, label_from=args.label_from, classes=classes)
+
+    def progress(i, n, path):
+        if i == n or i % max(1, n // 10) == 0:
+            print(f"  read {i}/{n} clips ({path.name})", file=sys.stderr, flush=True)
+
+    return audio_corpus(files, labels, label_names=names, sample_rate=args.sample_rate, nperseg=args.nperseg, hop=args.hop,
+                        max_freq=args.max_freq, segment_seconds=args.segment_seconds or None, progress=progress)
+
+
+def _add_audio_ingest_args(pi):
+    g = pi.add_argument_group("audio (source 'audio': --input is a folder of .wav/.flac/.ogg clips)")
+    g.add_argument("--label-from", default="auto", choices=("auto", "folder", "prefix"),
+                   help="class of a clip: its first sub-folder, its file-name prefix before '_', or auto (folder if all "
+                   "files sit in sub-folders)")
+    g.add_argument("--classes", default=None, help="comma-separated classes to keep (default: all)")
+    g.add_argument("--sample-rate", type=int, default=22050, help="common rate the clips are resampled to (Hz)")
+    g.add_argument("--nperseg", type=int, default=1024, help="STFT window length (samples); features = nperseg/2+1 frequencies")
+    g.add_argument("--hop", type=int, default=512, help="STFT hop between frames (samples)")
+    g.add_argument("--max-freq", type=float, default=None, help="keep frequencies up to this (Hz)")
+    g.add_argument("--segment-seconds", type=float, default=3.0, help="cut clips into segments of this length; a segment "
+                   "is a group (pooling stays inside it); 0 = whole clips")
 
 
 def _load_array_file(path):
@@ -278,13 +314,15 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("ingest", help="turn a data set into a corpus store (zarr)")
-    pi.add_argument("source", choices=("bbc", "npz", "npy"), help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file")
+    pi.add_argument("source", choices=("bbc", "npz", "npy", "audio"),
+                    help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file; audio: a folder of sound clips")
     pi.add_argument("out", help="corpus store to write (a folder, e.g. bbc.zarr)")
-    pi.add_argument("--input", help="the .npz/.npy file (for npz/npy)")
+    pi.add_argument("--input", help="the .npz/.npy file (npz/npy) or the folder of clips (audio)")
     pi.add_argument("--label-fraction", type=float, default=None, help="keep this stratified fraction of labels known (e.g. 0.01); the truth is kept as y_true")
     pi.add_argument("--seed", type=int, default=0, help="seed of the label choice")
     pi.add_argument("--chunk-rows", type=int, default=None, help="rows per block (default: from the data size)")
     pi.add_argument("--overwrite", action="store_true", help="replace an existing store (atomically)")
+    _add_audio_ingest_args(pi)
     pi.set_defaults(func=cmd_ingest)
 
     pf = sub.add_parser("fit", help="fit a model on a corpus store and write the model store")

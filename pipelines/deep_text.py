@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+
+# one BLAS thread per dask thread: on a busy 2-core machine nested BLAS threads made every fit ~10x slower
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 import sys
 import time
 import warnings
@@ -134,6 +139,7 @@ def run(cfg, out: Path):
             if hasattr(model, "layer_n_iter_"):
                 row["layer_n_iter"] = [int(n) for n in model.layer_n_iter_]
             results.append(row)
+            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # partial results survive a stop
             print(f"  seed {seed} [{i}/{len(specs)}] {name}: acc={row['accuracy_unlabeled']:.3f} "
                   f"purity={row['purity']:.3f} ({fit_s:.0f}s)", flush=True)
             if seed == save_seed:
@@ -143,7 +149,6 @@ def run(cfg, out: Path):
             import shutil
 
             shutil.rmtree(cpath, ignore_errors=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # partial results survive a stop
     print(f"deep_text: {len(results)} fits in {time.time() - t_all:.0f}s", flush=True)
     table = summary_table(results, cfg)
     (out / "table.md").write_text(table + "\n")
@@ -224,7 +229,16 @@ def main(argv=None):
     p.add_argument("--backprop-iters", type=_int_list, dest="backprop_iters", help="e.g. 0,20 (0 = forward only)")
     p.add_argument("--scheduler", help="threads (default), synchronous, local or a scheduler address")
     p.add_argument("--out", default="runs/deep_text", help="run folder")
+    p.add_argument("--summarize", action="store_true", help="only redo table.md and fig11.png from the run's results.json "
+                   "and config.json (e.g. of a stopped run)")
     a = p.parse_args(argv)
+    if a.summarize:
+        out = Path(a.out)
+        cfg, results = json.loads((out / "config.json").read_text()), json.loads((out / "results.json").read_text())
+        (out / "table.md").write_text(summary_table(results, cfg) + "\n")
+        plot_fig11(results, cfg, out / "fig11.png")
+        print(summary_table(results, cfg))
+        return
     cfg = load_config(a.config, {k: getattr(a, k) for k in ("seeds", "pool_sizes", "layers", "backprop_iters", "scheduler")})
     run(cfg, Path(a.out))
 
