@@ -232,6 +232,7 @@ def cmd_demo(args):
             results[name] = res
             save_model(m, out / f"{name.lower()}.zarr", feature_names=corpus.feature_names, overwrite=True)
             print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+        _demo_report(out, models, corpus)
     h = models["HierarchicalNMF"]
     words = [lt.words for lt in layer_topics(h.A_, corpus.feature_names, n=8)]
     text = format_hierarchy(hierarchy(h.A_, threshold=0.15), topic_words=words, n_words=6)
@@ -239,7 +240,7 @@ def cmd_demo(args):
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     print("topic hierarchy (supertopic, then the subtopics that form it with their weights):")
     print(text)
-    print(f"dnmf demo: done in {time.time() - t0:.0f}s; results in {out}/ (metrics.json, topics.txt, *.zarr)")
+    print(f"dnmf demo: done in {time.time() - t0:.0f}s; results in {out}/ (report.html, metrics.json, topics.txt, *.zarr)")
     return results
 
 
@@ -306,6 +307,15 @@ def _add_evaluate_parsers(sub):
         pe.add_argument("--max-pairs", type=int, default=2000, help="sample pairs per class and relation for the layer angles")
         pe.add_argument("--scheduler", default=None, help="dask scheduler for transform/predict (default: threads)")
         pe.set_defaults(func=func)
+
+
+def _demo_report(out, models, corpus):
+    """The demo run's HTML report (metrics, loss curves, topic hierarchy, heat maps, layer angles)."""
+    from .evaluate.report import evaluate_model, write_report
+
+    print("dnmf demo: writing the report ...", flush=True)
+    evals = [evaluate_model(m, corpus, name=name) for name, m in models.items()]
+    write_report(out / "report.html", evals, title="dnmf demo: BBC News", corpus_info={"corpus": str(corpus.path), "shape": list(corpus.shape)})
 
 
 # -- parser ------------------------------------------------------------------------------

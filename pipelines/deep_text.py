@@ -51,16 +51,18 @@ DEFAULTS = {
     "chunk_rows": 4000,
     "save_models_seed": "first",  # 'first', 'none' or a seed: which seed's models are written
 }
-PAPER = {"SSNMF accuracy": 0.46}
+#: what differs between the text and the audio study (pipelines/deep_audio.py passes its own)
+STUDY = {"name": "BBC News", "unit": "paragraphs", "figure": "fig11.png", "paper_fig": "Fig. 11", "paper_ssnmf_accuracy": 0.46}
 
 
-def load_config(path=None, overrides=None) -> dict:
-    cfg = dict(DEFAULTS)
+def load_config(path=None, overrides=None, defaults=None) -> dict:
+    base = DEFAULTS if defaults is None else defaults
+    cfg = dict(base)
     if path:
         user = json.loads(Path(path).read_text())
-        unknown = set(user) - set(DEFAULTS)
+        unknown = set(user) - set(base)
         if unknown:
-            raise SystemExit(f"deep_text: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+            raise SystemExit(f"unknown config keys {sorted(unknown)}; known: {sorted(base)}")
         cfg.update(user)
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return cfg
@@ -104,22 +106,29 @@ def write_seed_corpus(tc, cfg, seed, path):
     from dnmf_dask.ingest.labels import mask_labels
     from dnmf_dask.store import write_corpus
 
-    by_group = tc.groups if cfg["label_unit"] == "document" else None
+    by_group = tc.groups if cfg["label_unit"] in ("document", "group") else None
     y = mask_labels(tc.y, cfg["label_fraction"], seed, by_group=by_group)
     attrs = {**tc.params, "label_fraction": cfg["label_fraction"], "label_unit": cfg["label_unit"], "seed": seed}
     return write_corpus(path, tc.X, y=y, groups=tc.groups, feature_names=tc.feature_names, chunk_rows=cfg["chunk_rows"],
                         label_names=tc.label_names, sample_ids=tc.sample_ids, y_true=tc.y, attrs=attrs, overwrite=True)
 
 
-def run(cfg, out: Path):
+def bbc_source(cfg):
     from dnmf_dask.ingest.bbc import bbc_news_corpus
+
+    print("deep_text: ingesting BBC News (paragraphs, TF-IDF) ...", flush=True)
+    return bbc_news_corpus()
+
+
+def run(cfg, out: Path, source=bbc_source, study=STUDY):
+    """Fit every model of :func:`model_specs` for every seed on ``source(cfg)`` (an object with X, y,
+    groups, feature_names, label_names, sample_ids, params); write the run folder."""
     from dnmf_dask.store.model import save_model
 
     warnings.simplefilter("ignore")  # ConvergenceWarning of layers that reach max_iter is recorded in stop_reason
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    print("deep_text: ingesting BBC News (paragraphs, TF-IDF) ...", flush=True)
-    tc = bbc_news_corpus()
+    tc = source(cfg)
     seeds = [int(s) for s in cfg["seeds"]]
     keep = cfg["save_models_seed"]
     save_seed = seeds[0] if keep == "first" else (None if keep == "none" else int(keep))
@@ -149,10 +158,10 @@ def run(cfg, out: Path):
             import shutil
 
             shutil.rmtree(cpath, ignore_errors=True)
-    print(f"deep_text: {len(results)} fits in {time.time() - t_all:.0f}s", flush=True)
-    table = summary_table(results, cfg)
+    print(f"{study['name']}: {len(results)} fits in {time.time() - t_all:.0f}s", flush=True)
+    table = summary_table(results, cfg, study)
     (out / "table.md").write_text(table + "\n")
-    plot_fig11(results, cfg, out / "fig11.png")
+    plot_fig11(results, cfg, out / study["figure"], study)
     print(table)
     return results
 
@@ -162,10 +171,10 @@ def _agg(rows, key):
     return float(v.mean()), float(v.std())
 
 
-def summary_table(results, cfg) -> str:
+def summary_table(results, cfg, study=STUDY) -> str:
     seeds = sorted({r["seed"] for r in results})
-    lines = [f"Seeds {seeds}; mean ± std over seeds. Paper (Fig. 11): SSNMF accuracy {PAPER['SSNMF accuracy']:.2f}; "
-             "deep NMF higher (bars only).", "",
+    lines = [f"Seeds {seeds}; mean ± std over seeds. Paper ({study['paper_fig']}): SSNMF accuracy "
+             f"{study['paper_ssnmf_accuracy']:.2f}; deep NMF higher.", "",
              "| model | layers | pool | backprop iters | accuracy (hidden labels) | purity | fit s |",
              "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["model"] for r in results):
@@ -177,7 +186,7 @@ def summary_table(results, cfg) -> str:
     return "\n".join(lines)
 
 
-def plot_fig11(results, cfg, path):
+def plot_fig11(results, cfg, path, study=STUDY):
     """Accuracy and purity by pool size, one bar per (layers, backprop); SSNMF and the paper's SSNMF as lines."""
     import matplotlib
 
@@ -203,14 +212,14 @@ def plot_fig11(results, cfg, path):
         if ss:
             ax.axhline(_agg(ss, key)[0], color="k", lw=1.2, label="SSNMF (ours)")
         if key == "accuracy_unlabeled":
-            ax.axhline(PAPER["SSNMF accuracy"], color="k", ls="--", lw=1, label="SSNMF (paper)")
+            ax.axhline(study["paper_ssnmf_accuracy"], color="k", ls="--", lw=1, label="SSNMF (paper)")
         ax.set_xticks(np.arange(len(pools)), [str(p) for p in pools])
-        ax.set_xlabel("pool size (paragraphs)")
+        ax.set_xlabel(f"pool size ({study['unit']})")
         ax.set_title(title)
         ax.set_ylim(0, 1)
     axes[0].legend(fontsize=7, loc="lower right")
     n_seeds = len({r["seed"] for r in results})
-    fig.suptitle(f"BBC News, {cfg['label_fraction']:.0%} labels, rank {cfg['rank']}: deep NMF vs SSNMF ({n_seeds} seed(s))")
+    fig.suptitle(f"{study['name']}, {cfg['label_fraction']:.0%} labels, rank {cfg['rank']}: deep NMF vs SSNMF ({n_seeds} seed(s))")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -220,27 +229,28 @@ def _int_list(text):
     return [int(t) for t in str(text).split(",") if t.strip()]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="JSON file with any keys of DEFAULTS (flags below override it)")
+def main(argv=None, *, doc=__doc__, defaults_out="runs/deep_text", source=bbc_source, study=STUDY, defaults=None):
+    """The command line of a study (deep_audio.py calls it with its own source, study and defaults)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON file with any keys of the defaults (flags below override it)")
     p.add_argument("--seeds", type=_int_list, help="comma-separated seeds of the label choice and of the models")
-    p.add_argument("--pool-sizes", type=_int_list, dest="pool_sizes", help="e.g. 0,3,5,7")
-    p.add_argument("--layers", type=_int_list, help="e.g. 2,3")
-    p.add_argument("--backprop-iters", type=_int_list, dest="backprop_iters", help="e.g. 0,20 (0 = forward only)")
+    p.add_argument("--pool-sizes", type=_int_list, dest="pool_sizes", help="pool windows to compare, e.g. 0,3,5,7")
+    p.add_argument("--layers", type=_int_list, help="numbers of layers of the deep models, e.g. 2,3")
+    p.add_argument("--backprop-iters", type=_int_list, dest="backprop_iters", help="e.g. 0,20 (0 = forward pass only)")
     p.add_argument("--scheduler", help="threads (default), synchronous, local or a scheduler address")
-    p.add_argument("--out", default="runs/deep_text", help="run folder")
-    p.add_argument("--summarize", action="store_true", help="only redo table.md and fig11.png from the run's results.json "
+    p.add_argument("--out", default=defaults_out, help=f"run folder (default {defaults_out})")
+    p.add_argument("--summarize", action="store_true", help="only redo table.md and the figure from the run's results.json "
                    "and config.json (e.g. of a stopped run)")
     a = p.parse_args(argv)
+    out = Path(a.out)
     if a.summarize:
-        out = Path(a.out)
         cfg, results = json.loads((out / "config.json").read_text()), json.loads((out / "results.json").read_text())
-        (out / "table.md").write_text(summary_table(results, cfg) + "\n")
-        plot_fig11(results, cfg, out / "fig11.png")
-        print(summary_table(results, cfg))
+        (out / "table.md").write_text(summary_table(results, cfg, study) + "\n")
+        plot_fig11(results, cfg, out / study["figure"], study)
+        print(summary_table(results, cfg, study))
         return
-    cfg = load_config(a.config, {k: getattr(a, k) for k in ("seeds", "pool_sizes", "layers", "backprop_iters", "scheduler")})
-    run(cfg, Path(a.out))
+    overrides = {k: getattr(a, k) for k in ("seeds", "pool_sizes", "layers", "backprop_iters", "scheduler")}
+    run(load_config(a.config, overrides, defaults), out, source=source, study=study)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def plot(results, rows, path):
         cname = la.label_names[c0] if la.label_names else str(c0)
         ax.set_title(f"{L} layers, pool {pool}: angles of pairs with class {cname!r}", fontsize=9)
         ax.set_xlabel("angle (degrees)")
-        ax.legend(fontsize=7)
+        ax.set_yscale("log")  # the input's pairs pile up near 90°
+        ax.legend(fontsize=7, loc="upper left")
     width = 0.8 / (2 * len(layers))
     for j, (L, rel) in enumerate((L, rel) for L in layers for rel in ("between", "within")):
         v = [next((r[f"{rel}_dist_ratio_mean"] for r in deep if r["layers"] == L and r["pool_size"] == p), np.nan) for p in pools]
@@ -109,7 +110,8 @@ def plot(results, rows, path):
     axes[2].set_xticks(np.arange(len(pools)), [str(p) for p in pools])
     axes[2].set_xlabel("pool size")
     axes[2].set_title("distance ratio output / input (mean over classes)", fontsize=9)
-    axes[2].legend(fontsize=7)
+    axes[2].set_ylim(0, 1.3)
+    axes[2].legend(fontsize=7, ncol=2, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -66,6 +66,11 @@ def test_clip_frames_peak_at_the_sine_frequency():
     assert f2.max() <= 1500 and np.all(np.abs(f2[np.argmax(F2, axis=1)] - 1000) <= 4000 / 128)
 
 
+def test_short_clip_gives_one_padded_frame():
+    F, seg, pos, freqs = clip_frames(_sine(1000, 0.02), RATE, sample_rate=RATE, nperseg=256, hop=128)
+    assert F.shape == (1, 129) and abs(freqs[np.argmax(F[0])] - 1000) <= RATE / 256
+
+
 def test_silent_frames_dropped():
     x = np.r_[_sine(500, 0.25), np.zeros(RATE // 4)]
     F, seg, pos, _ = clip_frames(x, RATE, sample_rate=RATE, nperseg=256, hop=128, segment_seconds=None)

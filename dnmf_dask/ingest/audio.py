@@ -115,6 +115,8 @@ def clip_frames(x, rate, *, sample_rate=22050, nperseg=1024, hop=512, max_freq=N
         piece = x[start:start + seg_len]
         if len(piece) < nperseg // 2:
             continue
+        if len(piece) < nperseg:  # a short clip: one zero-padded frame
+            piece = np.r_[piece, np.zeros(nperseg - len(piece))]
         _, _, Z = stft(piece, fs=sample_rate, nperseg=nperseg, noverlap=nperseg - hop, boundary=None, padded=True)
         M = np.abs(Z).T[:, keep_f]  # (frames, freqs)
         energy = M.sum(axis=1)
