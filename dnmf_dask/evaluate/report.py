@@ -104,9 +104,10 @@ def _loss_curves(model) -> dict:
                 curves[f"layer {l} {key}"] = [float(v) for v in h[key]]
                 break
     h = getattr(model, "history_", None) or {}
+    layer_curves = [c for c in curves.values()]
     for key in ("objective", "energy", "loss", "rel_error"):
         v = h.get(key)
-        if isinstance(v, list) and v and np.isscalar(v[0]):
+        if isinstance(v, list) and v and np.isscalar(v[0]) and [float(x) for x in v] not in layer_curves:
             name = "backprop energy" if key == "energy" else key
             curves[name] = [float(x) for x in v]
     return curves
@@ -201,22 +202,25 @@ def _png(fig) -> str:
 
 
 def _fig_curves(curves):
+    """One small panel per curve (each on its own scale: objectives and errors differ by orders)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for name, v in curves.items():
+    items = list(curves.items())[:9]
+    ncol = min(3, len(items))
+    nrow = -(-len(items) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.6 * nrow), squeeze=False)
+    for ax, (name, v) in zip(axes.ravel(), items):
         v = np.asarray(v, dtype=float)
-        if np.all(v > 0):
-            ax.semilogy(np.arange(1, v.size + 1), v, label=name)
-        else:
-            ax.plot(np.arange(1, v.size + 1), v, label=name)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("value")
-    ax.legend(fontsize=7)
-    ax.set_title("loss curves (history_)")
+        ax.plot(np.arange(1, v.size + 1), v, marker="." if v.size < 30 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(items):]:
+        ax.axis("off")
+    fig.tight_layout()
     return _png(fig)
 
 
-def _fig_heat(M, title, xlabel, ylabel, yticks=None, annotate=False):
+def _fig_heat(M, title, xlabel, ylabel, yticks=None, annotate=False, xticks=None):
     plt = _plt()
     M = np.asarray(M, dtype=float)
     h, w = M.shape
@@ -228,6 +232,8 @@ def _fig_heat(M, title, xlabel, ylabel, yticks=None, annotate=False):
     ax.set_ylabel(ylabel)
     if yticks is not None:
         ax.set_yticks(np.arange(h), yticks, fontsize=7)
+    if xticks is not None:
+        ax.set_xticks(np.arange(w), xticks, fontsize=7, rotation=30)
     if annotate:
         for i in range(h):
             for j in range(w):
@@ -249,6 +255,7 @@ def _fig_angles(la):
             axes[0].hist(a[:, -1], bins=30, histtype="step", lw=1.5, color=color, label=f"{rel}, {la.layer_names[-1]}")
     name0 = la.label_names[c0] if c0 is not None and c0 < len(la.label_names) else str(c0)
     axes[0].set_title(f"angles of pairs with class {name0!r} (degrees)", fontsize=9)
+    axes[0].set_yscale("log")
     axes[0].legend(fontsize=7)
     classes = sorted({r["class_name"] for r in la.rows}, key=lambda s: [r["class_name"] for r in la.rows].index(s))
     x = np.arange(len(classes))
@@ -332,7 +339,8 @@ def _model_section(ev, i) -> str:
         out.append('<h3 class="confusion">Confusion matrix</h3><p class="small">rows: true class, columns: predicted; '
                    "hidden labels only when the corpus keeps the truth</p>")
         names = ev["label_names"][: ev["confusion"].shape[0]] if ev["label_names"] else None
-        out.append(_fig_heat(ev["confusion"], "confusion", "predicted class", "true class", yticks=names, annotate=True))
+        out.append(_fig_heat(ev["confusion"], "confusion", "predicted class", "true class", yticks=names, xticks=names,
+                             annotate=True))
     if ev["angles"] is not None:
         out.append('<h3 class="angles">Layer angles and distances (§4.5)</h3>' + _angles_html(ev["angles"]))
     return "\n".join(out)
