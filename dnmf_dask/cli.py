@@ -45,6 +45,16 @@ def cmd_ingest(args):
         tc = bbc_news_corpus()
         X, y_true, groups = tc.X, tc.y, tc.groups
         feature_names, label_names, sample_ids, prov = tc.feature_names, tc.label_names, tc.sample_ids, tc.params
+    elif args.source == "images":
+        from .ingest.images import idx_images
+
+        if not args.input:
+            from .errors import DNMFValueError
+
+            raise DNMFValueError("input: expected --input IMAGES.idx[.gz] (an IDX image file), found none")
+        im = idx_images(args.input, args.labels, limit=args.limit)
+        X, y_true, groups, feature_names, sample_ids, prov = im.X, im.y, None, im.feature_names, None, im.params
+        label_names = im.label_names
     elif args.source == "audio":
         ac = _load_audio(args)
         X, y_true, groups = ac.X, ac.y, ac.groups
@@ -324,10 +334,13 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("ingest", help="turn a data set into a corpus store (zarr)")
-    pi.add_argument("source", choices=("bbc", "npz", "npy", "audio"),
-                    help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file; audio: a folder of sound clips")
+    pi.add_argument("source", choices=("bbc", "npz", "npy", "audio", "images"),
+                    help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file; audio: a folder of sound clips; "
+                    "images: an IDX image file (MNIST / Fashion-MNIST), pixels as features")
     pi.add_argument("out", help="corpus store to write (a folder, e.g. bbc.zarr)")
-    pi.add_argument("--input", help="the .npz/.npy file (npz/npy) or the folder of clips (audio)")
+    pi.add_argument("--input", help="the .npz/.npy file (npz/npy), the folder of clips (audio) or the IDX image file (images)")
+    pi.add_argument("--labels", default=None, help="images: IDX label file (default: the sibling *labels-idx1* file)")
+    pi.add_argument("--limit", type=int, default=None, help="images: keep the first N images")
     pi.add_argument("--label-fraction", type=float, default=None, help="keep this stratified fraction of labels known (e.g. 0.01); the truth is kept as y_true")
     pi.add_argument("--seed", type=int, default=0, help="seed of the label choice")
     pi.add_argument("--chunk-rows", type=int, default=None, help="rows per block (default: from the data size)")

@@ -19,11 +19,10 @@ Writes config.json, results.json, table.md, fig14.png, corpus.zarr and models/ (
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
-import deep_text  # noqa: E402  (pipelines/ is on sys.path when run as a script)
+import deep_text  # (pipelines/ is on sys.path when run as a script)
+from _common import debian_package
 
 PACKAGE = "sonic-pi-samples"
 DEFAULTS = {
@@ -44,25 +43,10 @@ DEFAULTS = {
 STUDY = {"name": "Sound samples", "unit": "frames", "figure": "fig14.png", "paper_fig": "Fig. 14", "paper_ssnmf_accuracy": 0.59}
 
 
-def debian_samples(package=PACKAGE, cache=Path.home() / ".cache" / "dnmf_dask") -> Path:
-    """Download and unpack a Debian package once (no install); returns the unpacked root."""
-    root = cache / package
-    if not root.exists():
-        debs = cache / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        if not list(debs.glob(f"{package}_*.deb")):
-            subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
-        deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
-        tmp = cache / f".{package}.tmp"
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
-        tmp.rename(root)
-    return root
-
-
 def audio_source(cfg):
     from dnmf_dask.ingest.audio import audio_corpus, audio_folder
 
-    folder = cfg["audio_dir"] or debian_samples() / "usr" / "share" / "sonic-pi" / "samples"
+    folder = cfg["audio_dir"] or debian_package(PACKAGE) / "usr" / "share" / "sonic-pi" / "samples"
     files, labels, names = audio_folder(folder, classes=cfg["classes"])
     print(f"deep_audio: {len(files)} clips of classes {[str(c) for c in names]} from {folder} ...", flush=True)
     ac = audio_corpus(files, labels, label_names=names, sample_rate=cfg["sample_rate"], nperseg=cfg["nperseg"],

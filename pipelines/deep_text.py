@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-
-# one BLAS thread per dask thread: on a busy 2-core machine nested BLAS threads made every fit ~10x slower
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 import sys
 import time
 import warnings
 from pathlib import Path
+
+from _common import save_figure  # first: pins BLAS threads before numpy
 
 import numpy as np
 
@@ -220,9 +217,7 @@ def plot_fig11(results, cfg, path, study=STUDY):
     axes[0].legend(fontsize=7, loc="lower right")
     n_seeds = len({r["seed"] for r in results})
     fig.suptitle(f"{study['name']}, {cfg['label_fraction']:.0%} labels, rank {cfg['rank']}: deep NMF vs SSNMF ({n_seeds} seed(s))")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _int_list(text):

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-
-# one BLAS thread per dask thread: on a busy 2-core machine nested BLAS threads made every fit ~10x slower
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 import re
 import sys
 import warnings
 from pathlib import Path
+
+from _common import save_figure  # first: pins BLAS threads before numpy
 
 import numpy as np
 
@@ -112,9 +109,7 @@ def plot(results, rows, path):
     axes[2].set_title("distance ratio output / input (mean over classes)", fontsize=9)
     axes[2].set_ylim(0, 1.3)
     axes[2].legend(fontsize=7, ncol=2, loc="upper center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
