@@ -86,3 +86,13 @@ def test_report_bad_run_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert not (tmp_path / "empty" / "report.html").exists()
+
+
+@pytest.mark.parametrize("command", ["ingest", "predict", "evaluate", "report", "demo"])
+def test_every_option_has_help(command):
+    from dnmf_dask.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"dnmf {command}: option {action.option_strings or action.dest} has no help"
