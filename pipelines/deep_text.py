@@ -240,6 +240,9 @@ def main(argv=None, *, doc=__doc__, defaults_out="runs/deep_text", source=bbc_so
     out = Path(a.out)
     if a.summarize:
         cfg, results = json.loads((out / "config.json").read_text()), json.loads((out / "results.json").read_text())
+        n_models = len(model_specs(cfg))
+        complete = {s for s in {r["seed"] for r in results} if sum(r["seed"] == s for r in results) == n_models}
+        results = [r for r in results if r["seed"] in complete]  # a stopped run: only the seeds with every model
         (out / "table.md").write_text(summary_table(results, cfg, study) + "\n")
         plot_fig11(results, cfg, out / study["figure"], study)
         print(summary_table(results, cfg, study))
