@@ -276,7 +276,7 @@ def _fig_angles(la):
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:2px 8px;font-size:13px;text-align:left}
 th{background:#eee}h2{border-bottom:2px solid #ccc;margin-top:2em}pre{background:#f6f6f6;padding:.6em;font-size:12px;overflow-x:auto}
-img{max-width:100%}.small{color:#666;font-size:12px}"""
+img{max-width:100%}.small{color:#666;font-size:12px}.wide{overflow-x:auto}"""
 
 
 def _fmt(v):
@@ -292,7 +292,7 @@ def _metrics_table(evals) -> str:
     head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(ev['name'])}</th>" for ev in evals) + "</tr>"
     rows = [f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(ev['metrics'].get(k, ''))}</td>" for ev in evals) + "</tr>"
             for k in keys]
-    return "<table>" + head + "".join(rows) + "</table>"
+    return '<div class="wide"><table>' + head + "".join(rows) + "</table></div>"
 
 
 def _topics_html(ev) -> str:
