@@ -45,6 +45,16 @@ def cmd_ingest(args):
         tc = bbc_news_corpus()
         X, y_true, groups = tc.X, tc.y, tc.groups
         feature_names, label_names, sample_ids, prov = tc.feature_names, tc.label_names, tc.sample_ids, tc.params
+    elif args.source == "wordnet":
+        from .ingest.wordnet import wordnet_corpus
+
+        if not args.input:
+            from .errors import DNMFValueError
+
+            raise DNMFValueError("input: expected --input DIR (WordNet's data.* files, e.g. /usr/share/wordnet), found none")
+        tc = wordnet_corpus(args.input)
+        X, y_true, groups = tc.X, tc.y, tc.groups
+        feature_names, label_names, sample_ids, prov = tc.feature_names, tc.label_names, tc.sample_ids, tc.params
     elif args.source == "images":
         from .ingest.images import idx_images
 
@@ -334,11 +344,13 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("ingest", help="turn a data set into a corpus store (zarr)")
-    pi.add_argument("source", choices=("bbc", "npz", "npy", "audio", "images"),
+    pi.add_argument("source", choices=("bbc", "npz", "npy", "audio", "images", "wordnet"),
                     help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file; audio: a folder of sound clips; "
-                    "images: an IDX image file (MNIST / Fashion-MNIST), pixels as features")
+                    "images: an IDX image file (MNIST / Fashion-MNIST), pixels as features; wordnet: WordNet's definitions "
+                    "labelled by lexicographer file (Debian wordnet-base: --input /usr/share/wordnet)")
     pi.add_argument("out", help="corpus store to write (a folder, e.g. bbc.zarr)")
-    pi.add_argument("--input", help="the .npz/.npy file (npz/npy), the folder of clips (audio) or the IDX image file (images)")
+    pi.add_argument("--input", help="the .npz/.npy file (npz/npy), the folder of clips (audio), the IDX image file (images) "
+                    "or WordNet's folder (wordnet)")
     pi.add_argument("--labels", default=None, help="images: IDX label file (default: the sibling *labels-idx1* file)")
     pi.add_argument("--limit", type=int, default=None, help="images: keep the first N images")
     pi.add_argument("--label-fraction", type=float, default=None, help="keep this stratified fraction of labels known (e.g. 0.01); the truth is kept as y_true")
