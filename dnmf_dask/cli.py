@@ -1,4 +1,4 @@
-"""The ``dnmf`` command line: ingest, fit, predict, evaluate, demo.
+"""The ``dnmf`` command line: ingest, fit, predict, evaluate, report, demo.
 
 Bad input prints one line ``dnmf: error: ...`` on stderr and exits with code 2; nothing already
 written is damaged (stores are written atomically).
@@ -99,6 +99,30 @@ def cmd_ingest(args):
         tc = bbc_news_corpus()
         X, y_true, groups = tc.X, tc.y, tc.groups
         feature_names, label_names, sample_ids, prov = tc.feature_names, tc.label_names, tc.sample_ids, tc.params
+    elif args.source == "wordnet":
+        from .ingest.wordnet import wordnet_corpus
+
+        if not args.input:
+            from .errors import DNMFValueError
+
+            raise DNMFValueError("input: expected --input DIR (WordNet's data.* files, e.g. /usr/share/wordnet), found none")
+        tc = wordnet_corpus(args.input)
+        X, y_true, groups = tc.X, tc.y, tc.groups
+        feature_names, label_names, sample_ids, prov = tc.feature_names, tc.label_names, tc.sample_ids, tc.params
+    elif args.source == "images":
+        from .ingest.images import idx_images
+
+        if not args.input:
+            from .errors import DNMFValueError
+
+            raise DNMFValueError("input: expected --input IMAGES.idx[.gz] (an IDX image file), found none")
+        im = idx_images(args.input, args.labels, limit=args.limit)
+        X, y_true, groups, feature_names, sample_ids, prov = im.X, im.y, None, im.feature_names, None, im.params
+        label_names = im.label_names
+    elif args.source == "audio":
+        ac = _load_audio(args)
+        X, y_true, groups = ac.X, ac.y, ac.groups
+        feature_names, label_names, sample_ids, prov = ac.feature_names, ac.label_names, ac.sample_ids, ac.params
     else:
         X, y_true, groups, feature_names, label_names, sample_ids, prov = _load_array_file(args.input)
     y = y_true
@@ -119,6 +143,38 @@ def cmd_ingest(args):
         )
     print(f"wrote {c!r}")
     return c
+
+
+def _load_audio(args):
+    """Spectrogram frames of the audio files under ``--input`` (labels from sub-folders or name prefixes)."""
+    from .errors import DNMFValueError
+    from .ingest.audio import audio_corpus, audio_folder
+
+    if not args.input:
+        raise DNMFValueError("input: expected --input DIR (a folder of .wav/.flac/.ogg files), found none")
+    classes = args.classes.split(",") if args.classes else None
+    files, labels, names = audio_folder(args.input, label_from=args.label_from, classes=classes)
+
+    def progress(i, n, path):
+        if i == n or i % max(1, n // 10) == 0:
+            print(f"  read {i}/{n} clips ({path.name})", file=sys.stderr, flush=True)
+
+    return audio_corpus(files, labels, label_names=names, sample_rate=args.sample_rate, nperseg=args.nperseg, hop=args.hop,
+                        max_freq=args.max_freq, segment_seconds=args.segment_seconds or None, progress=progress)
+
+
+def _add_audio_ingest_args(pi):
+    g = pi.add_argument_group("audio (source 'audio': --input is a folder of .wav/.flac/.ogg clips)")
+    g.add_argument("--label-from", default="auto", choices=("auto", "folder", "prefix"),
+                   help="class of a clip: its first sub-folder, its file-name prefix before '_', or auto (folder if all "
+                   "files sit in sub-folders)")
+    g.add_argument("--classes", default=None, help="comma-separated classes to keep (default: all)")
+    g.add_argument("--sample-rate", type=int, default=22050, help="common rate the clips are resampled to (Hz)")
+    g.add_argument("--nperseg", type=int, default=1024, help="STFT window length (samples); features = nperseg/2+1 frequencies")
+    g.add_argument("--hop", type=int, default=512, help="STFT hop between frames (samples)")
+    g.add_argument("--max-freq", type=float, default=None, help="keep frequencies up to this (Hz)")
+    g.add_argument("--segment-seconds", type=float, default=3.0, help="cut clips into segments of this length; a segment "
+                   "is a group (pooling stays inside it); 0 = whole clips")
 
 
 def _load_array_file(path):
@@ -337,6 +393,7 @@ def cmd_demo(args):
             results[name] = res
             save_model(m, out / f"{name.lower()}.zarr", feature_names=corpus.feature_names, overwrite=True)
             print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+        _demo_report(out, models, corpus)
     h = models["HierarchicalNMF"]
     words = [lt.words for lt in layer_topics(h.A_, corpus.feature_names, n=8)]
     text = format_hierarchy(hierarchy(h.A_, threshold=0.15), topic_words=words, n_words=6)
@@ -344,7 +401,7 @@ def cmd_demo(args):
     (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     print("topic hierarchy (supertopic, then the subtopics that form it with their weights):")
     print(text)
-    print(f"dnmf demo: done in {time.time() - t0:.0f}s; results in {out}/ (metrics.json, topics.txt, *.zarr)")
+    print(f"dnmf demo: done in {time.time() - t0:.0f}s; results in {out}/ (report.html, metrics.json, topics.txt, *.zarr)")
     return results
 
 
@@ -379,6 +436,80 @@ def cmd_select_ranks(args):
     return res
 
 
+# -- evaluate / report ------------------------------------------------------------------------
+def _evaluate_run(args):
+    """Load the model stores of ``args.run`` and evaluate each on the corpus; returns (evals, corpus)."""
+    from .evaluate.report import evaluate_model, find_corpus, find_models
+    from .parallel.scheduler import scheduler_context
+    from .store import open_corpus
+    from .store.model import load_model
+
+    paths = find_models(args.run)
+    models = [load_model(p) for p in paths]
+    corpus = open_corpus(find_corpus(args.run, args.corpus, models))
+    evals = []
+    with scheduler_context(args.scheduler or "threads"):
+        for i, (p, m) in enumerate(zip(paths, models), 1):
+            print(f"dnmf: evaluating [{i}/{len(models)}] {p.name} on {corpus.path.name} ...", file=sys.stderr, flush=True)
+            evals.append(evaluate_model(m, corpus, name=p.name, angles=not args.no_angles, max_pairs=args.max_pairs))
+    return evals, corpus
+
+
+def cmd_evaluate(args):
+    from .evaluate.report import format_metrics
+
+    evals, corpus = _evaluate_run(args)
+    for ev in evals:
+        print(format_metrics(ev))
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps({ev["name"]: ev["metrics"] for ev in evals}, indent=2) + "\n")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return evals
+
+
+def cmd_report(args):
+    from .evaluate.report import write_report
+
+    evals, corpus = _evaluate_run(args)
+    run = Path(args.run)
+    out = Path(args.out) if args.out else (run if run.is_dir() and not (run / "zarr.json").exists() else run.parent) / "report.html"
+    info = {"corpus": str(corpus.path), "shape": list(corpus.shape), "labeled": None if corpus.y is None else int((corpus.y >= 0).sum()),
+            "provenance": {k: v for k, v in corpus.attrs.get("provenance", {}).items() if k != "non_utf8_files"}}
+    write_report(out, evals, title=args.title or f"dnmf report: {run.name}", corpus_info=info)
+    print(f"wrote {out}")
+    return out
+
+
+def _add_evaluate_parsers(sub):
+    for name, func, what in (("evaluate", cmd_evaluate, "print (and save as JSON) the metrics of stored models on a corpus"),
+                             ("report", cmd_report, "write a self-contained HTML report of a run (metrics, loss curves, "
+                                                    "topic hierarchy, factor heat maps, confusion matrix, layer angles)")):
+        pe = sub.add_parser(name, help=what, description=what)
+        pe.add_argument("run", help="a run folder (its *.zarr model stores and models/*.zarr) or one model store")
+        pe.add_argument("--corpus", default=None, help="corpus store to evaluate on (default: RUN/corpus.zarr, else the "
+                        "corpus recorded in the model store)")
+        pe.add_argument("--out", default=None, help="JSON metrics file (evaluate; default: none) or HTML file (report; "
+                        "default: RUN/report.html)")
+        if name == "report":
+            pe.add_argument("--title", default=None, help="title of the report (default: the run folder's name)")
+        pe.add_argument("--no-angles", action="store_true", help="skip the layer angle/distance analysis (§4.5)")
+        pe.add_argument("--max-pairs", type=int, default=2000, help="sample pairs per class and relation for the layer angles")
+        pe.add_argument("--scheduler", default=None, help="dask scheduler for transform/predict (default: threads)")
+        pe.set_defaults(func=func)
+
+
+def _demo_report(out, models, corpus):
+    """The demo run's HTML report (metrics, loss curves, topic hierarchy, heat maps, layer angles)."""
+    from .evaluate.report import evaluate_model, write_report
+
+    print("dnmf demo: writing the report ...", flush=True)
+    evals = [evaluate_model(m, corpus, name=name) for name, m in models.items()]
+    write_report(out / "report.html", evals, title="dnmf demo: BBC News", corpus_info={"corpus": str(corpus.path), "shape": list(corpus.shape)})
+
+
 # -- parser ------------------------------------------------------------------------------
 def build_parser(fit_defaults=None):
     """The argument parser; ``fit_defaults`` (from a config file) replace the defaults of ``dnmf fit``."""
@@ -386,9 +517,15 @@ def build_parser(fit_defaults=None):
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("ingest", help="turn a data set into a corpus store (zarr)")
-    pi.add_argument("source", choices=("bbc", "npz", "npy"), help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file")
+    pi.add_argument("source", choices=("bbc", "npz", "npy", "audio", "images", "wordnet"),
+                    help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file; audio: a folder of sound clips; "
+                    "images: an IDX image file (MNIST / Fashion-MNIST), pixels as features; wordnet: WordNet's definitions "
+                    "labelled by lexicographer file (Debian wordnet-base: --input /usr/share/wordnet)")
     pi.add_argument("out", help="corpus store to write (a folder, e.g. bbc.zarr)")
-    pi.add_argument("--input", help="the .npz/.npy file (for npz/npy)")
+    pi.add_argument("--input", help="the .npz/.npy file (npz/npy), the folder of clips (audio), the IDX image file (images) "
+                    "or WordNet's folder (wordnet)")
+    pi.add_argument("--labels", default=None, help="images: IDX label file (default: the sibling *labels-idx1* file)")
+    pi.add_argument("--limit", type=int, default=None, help="images: keep the first N images")
     pi.add_argument("--label-fraction", type=float, default=None, help="keep this stratified fraction of labels known (e.g. 0.01); the truth is kept as y_true")
     pi.add_argument("--seed", type=int, default=0, help="seed of the label choice")
     pi.add_argument("--chunk-rows", type=int, default=None, help="rows per block (default: from the data size)")
@@ -396,6 +533,7 @@ def build_parser(fit_defaults=None):
     pi.add_argument("--append", action="store_true",
                     help="add the samples to the existing corpus OUT as new row blocks (existing blocks are not rewritten)")
     _scheduler_arg(pi, default="threads")
+    _add_audio_ingest_args(pi)
     pi.set_defaults(func=cmd_ingest)
 
     pf = sub.add_parser("fit", help="fit a model on a corpus store and write the model store")
@@ -444,12 +582,13 @@ def build_parser(fit_defaults=None):
     pd.add_argument("--out", default="runs/bbc-demo", help="run folder (default runs/bbc-demo)")
     pd.add_argument("--rank", "-k", type=int, default=20, help="topics of the first layer")
     pd.add_argument("--top-rank", type=int, default=5, help="supertopics of the second layer")
-    pd.add_argument("--lam", type=float, default=1.0)
-    pd.add_argument("--label-fraction", type=float, default=0.01)
-    pd.add_argument("--max-iter", type=int, default=200)
-    pd.add_argument("--tol", type=float, default=1e-4)
-    pd.add_argument("--seed", type=int, default=0)
-    pd.add_argument("--chunk-rows", type=int, default=4000)
+    pd.add_argument("--lam", type=float, default=1.0, help="weight of the label term (default 1)")
+    pd.add_argument("--label-fraction", type=float, default=0.01, help="fraction of the documents of each class whose labels "
+                    "are known (default 0.01); the rest are scored")
+    pd.add_argument("--max-iter", type=int, default=200, help="iterations per layer (default 200)")
+    pd.add_argument("--tol", type=float, default=1e-4, help="stop when the objective's relative decrease is below this")
+    pd.add_argument("--seed", type=int, default=0, help="seed of the label choice and of the models")
+    pd.add_argument("--chunk-rows", type=int, default=4000, help="rows per block of the corpus store")
     _scheduler_arg(pd)
     pd.set_defaults(func=cmd_demo)
 
@@ -466,6 +605,7 @@ def build_parser(fit_defaults=None):
     pr.add_argument("--plot", default=None, help="write the figure here (.png)")
     _scheduler_arg(pr)
     pr.set_defaults(func=cmd_select_ranks)
+    _add_evaluate_parsers(sub)
     return p
 
 

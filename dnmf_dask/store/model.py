@@ -33,6 +33,8 @@ STATE_ATTRS = (
     "n_iter_", "stop_reason_", "reconstruction_err_", "n_features_in_", "history_", "_transform_scale",
     "ranks_", "layer_n_iter_", "pool_size_", "epoch_",
 )
+#: per-layer fit records of the multilayer models (kept for reports: loss curves, errors per layer)
+STATE_ATTRS += ("layer_history_", "layer_rel_error_", "layer_stop_reason_")
 
 
 def _jsonable(v):
