@@ -355,7 +355,7 @@ def cmd_demo(args):
     from .evaluate.topics import format_hierarchy, hierarchy, layer_topics
     from .ingest.bbc import bbc_news_corpus
     from .ingest.labels import mask_labels
-    from .models import SSNMF, HierarchicalNMF
+    from .models import SSNMF, DeepNMF, HierarchicalNMF
     from .store import write_corpus
     from .store.model import save_model
 
@@ -376,6 +376,9 @@ def cmd_demo(args):
             "SSNMF": SSNMF(args.rank, lam=args.lam, max_iter=args.max_iter, tol=args.tol, random_state=args.seed),
             "HierarchicalNMF": HierarchicalNMF((args.rank, args.top_rank), lam=args.lam, max_iter=args.max_iter,
                                                tol=args.tol, random_state=args.seed),
+            # the Deep NMF paper's model: max pooling over 3 consecutive paragraphs of a document
+            "DeepNMF": DeepNMF((args.rank, args.top_rank), lam=args.lam, pool_size=3, backprop_iter=10,
+                               max_iter=args.max_iter, tol=args.tol, random_state=args.seed),
         }
         for name, m in models.items():
             t = time.time()
@@ -386,7 +389,7 @@ def cmd_demo(args):
                 "fit_seconds": round(time.time() - t, 2),
                 "n_iter": m.n_iter_,
                 "stop_reason": m.stop_reason_,
-                "rel_error": getattr(m, "layer_rel_error_", m.history_["rel_error"])[-1],
+                "rel_error": (m.layer_rel_error_ if hasattr(m, "layer_rel_error_") else m.history_["rel_error"])[-1],
                 "accuracy_unlabeled": accuracy_unlabeled(corpus.y_true, pred, corpus.y),
                 "purity": purity(corpus.y_true, np.argmax(S, axis=1)),
             }
