@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nnz", type=float, default=2e6, help="nonzeros of the sparse matrix (issue target case: 2e7)")
+    p.add_argument("--nnz", type=float, default=4e6, help="nonzeros of the sparse matrix (issue target case: 2e7)")
     p.add_argument("--per-row", type=float, default=100.0, help="mean nonzeros per row (sets n_samples = nnz / per_row)")
     p.add_argument("--features", type=int, default=20_000, help="columns of the sparse matrix")
     p.add_argument("--dense-shape", type=str, default="20000x1000", help="dense matrix shape, ROWSxCOLS")
