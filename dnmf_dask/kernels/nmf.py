@@ -44,6 +44,15 @@ def _mu(F, num, den):
     return F * num / np.where(den == 0, EPS, den)
 
 
+def _sq_norm(X):
+    """||X||_F² in float64; for canonical CSR straight from the stored values (no X ⊙ X copy)."""
+    if sp.issparse(X):
+        if getattr(X, "has_canonical_format", False):
+            return float(np.einsum("i,i->", X.data, X.data, dtype=np.float64))
+        return float(X.multiply(X).sum())
+    return float(np.einsum("ij,ij->", X, X, dtype=np.float64))
+
+
 def one_hot(y, n_classes, dtype=np.float64):
     """One-hot (n, n_classes) of labels ``y``; rows with ``y == -1`` are all zero (= L ⊙ Y)."""
     y = np.asarray(y)
@@ -121,7 +130,7 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
     dt = S.dtype
     A = A.astype(dt, copy=False)
     XA = np.asarray(X @ A)
-    norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.einsum("ij,ij->", X, X, dtype=np.float64))
+    norm_X = _sq_norm(X)
     if W is None:
         if AtA is None:
             AtA = A.T @ A
@@ -229,7 +238,7 @@ def semi_block_step(X, S, A, *, AtA=None, update_S=True):
         AtA = A.T @ A
     AtA = AtA.astype(dt, copy=False)
     XA = np.asarray(X @ A)
-    norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.einsum("ij,ij->", X, X, dtype=np.float64))
+    norm_X = _sq_norm(X)
     loss = norm_X - 2.0 * float(np.einsum("ij,ij->", S, XA, dtype=np.float64)) + float(
         np.einsum("ij,ij->", S, S @ AtA, dtype=np.float64)
     )

@@ -12,7 +12,7 @@ from .. import progress
 from ..kernels.nmf import block_step, semi_block_step, semi_update_A, update_factor
 from ..kernels.solvers import general_block_step, penalty, update_A, update_B
 from .blocks import Blocks
-from .mapreduce import map_reduce
+from .mapreduce import map_reduce, one_blas_thread
 
 
 def _mu_task(X, S, y, W, *, A, AtA, B, lam, update_S, semi, opts=None):
@@ -112,39 +112,41 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
             A=A, AtA=A.T @ A, B=B, lam=lam, update_S=update_S, semi=semi, opts=opts,
         )
 
-    stop_reason, n_iter = "max_iter", first - 1
-    bar = progress.Progress(progress_label, max_iter, start=first - 1)
-    for it in range(first, max_iter + 1):
-        S_blocks, st = run(True, True)
-        if it > 1:
-            record(st, A)  # objective after iteration it-1
-        if opts is not None:
-            A_new = update_A(A, st, loss=opts.loss, solver=opts.solver, l1=opts.l1_A, l2=opts.l2_A)
-            if B is not None and st.get("n_labeled"):
-                B = update_B(B, st, label_loss=opts.label_loss, solver=opts.solver, lam=lam)
-            A = A_new
-        else:
-            if semi:
-                A = semi_update_A(st["XtS"], st["StS"], A.dtype)
-            elif "WSAtS" in st:
-                A = update_factor(A, st["XtS"], den_full=st["WSAtS"])
+    # the driver's k-column GEMMs (AᵀA, the A update) are as small as the tasks' ones
+    with one_blas_thread():
+        stop_reason, n_iter = "max_iter", first - 1
+        bar = progress.Progress(progress_label, max_iter, start=first - 1)
+        for it in range(first, max_iter + 1):
+            S_blocks, st = run(True, True)
+            if it > 1:
+                record(st, A)  # objective after iteration it-1
+            if opts is not None:
+                A_new = update_A(A, st, loss=opts.loss, solver=opts.solver, l1=opts.l1_A, l2=opts.l2_A)
+                if B is not None and st.get("n_labeled"):
+                    B = update_B(B, st, label_loss=opts.label_loss, solver=opts.solver, lam=lam)
+                A = A_new
             else:
-                A = update_factor(A, st["XtS"], den_gram=st["StS"])
-            if B is not None and "YtS" in st:
-                B = update_factor(B, st["YtS"], den_gram=st["StS_L"])
-        n_iter = it
-        if log is not None and hist["objective"]:
-            log(f"iteration {it}: objective {hist['objective'][-1]:.6g}, rel_error {hist['rel_error'][-1]:.4f}")
-        bar.update(it)
-        h = hist["objective"]
-        if tol > 0 and len(h) >= 2 and (h[-2] - h[-1]) <= tol * abs(h[-2]):
-            stop_reason = "tol"
-            break
-        if checkpoint is not None and it < max_iter:
-            S_blocks = checkpoint(it, S_blocks, A, B, hist) or S_blocks
-    bar.close()
-    S_out, st = run(False, keep_S)
-    record(st, A)
+                if semi:
+                    A = semi_update_A(st["XtS"], st["StS"], A.dtype)
+                elif "WSAtS" in st:
+                    A = update_factor(A, st["XtS"], den_full=st["WSAtS"])
+                else:
+                    A = update_factor(A, st["XtS"], den_gram=st["StS"])
+                if B is not None and "YtS" in st:
+                    B = update_factor(B, st["YtS"], den_gram=st["StS_L"])
+            n_iter = it
+            if log is not None and hist["objective"]:
+                log(f"iteration {it}: objective {hist['objective'][-1]:.6g}, rel_error {hist['rel_error'][-1]:.4f}")
+            bar.update(it)
+            h = hist["objective"]
+            if tol > 0 and len(h) >= 2 and (h[-2] - h[-1]) <= tol * abs(h[-2]):
+                stop_reason = "tol"
+                break
+            if checkpoint is not None and it < max_iter:
+                S_blocks = checkpoint(it, S_blocks, A, B, hist) or S_blocks
+        bar.close()
+        S_out, st = run(False, keep_S)
+        record(st, A)
     return MUResult(S_out if keep_S else None, A, B, hist, n_iter, stop_reason, st)
 
 

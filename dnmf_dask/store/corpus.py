@@ -40,6 +40,13 @@ FORMAT_VERSION = 1
 TARGET_NNZ_PER_BLOCK = 4_000_000
 #: default target bytes per block for dense data
 TARGET_BYTES_PER_BLOCK = 64 * 2**20
+#: blocks are never made smaller than this to get :data:`BLOCK_MULTIPLE` of them
+MIN_NNZ_PER_BLOCK = 1_000_000
+MIN_BYTES_PER_BLOCK = 16 * 2**20
+#: the default block count is rounded up to a multiple of this (when blocks stay above the
+#: minimum), so that 2 or 4 workers get equal shares; a constant, not the machine's core count,
+#: so that the blocking (and a checkpoint's fingerprint) does not depend on where it runs
+BLOCK_MULTIPLE = 4
 
 
 def auto_chunk_rows(n_samples: int, n_features: int, nnz: int | None, itemsize: int) -> int:
@@ -47,16 +54,24 @@ def auto_chunk_rows(n_samples: int, n_features: int, nnz: int | None, itemsize: 
 
     Sparse data aims at :data:`TARGET_NNZ_PER_BLOCK` nonzeros per block, dense data at
     :data:`TARGET_BYTES_PER_BLOCK` bytes, so that one task carries enough work to amortise the
-    scheduler's per-task cost (about 1–3 ms).
+    scheduler's per-task cost (about 1–3 ms). The number of blocks is then rounded up to a
+    multiple of :data:`BLOCK_MULTIPLE` (else of 2) if every block keeps at least
+    :data:`MIN_NNZ_PER_BLOCK` nonzeros (:data:`MIN_BYTES_PER_BLOCK` bytes): without it, 5
+    blocks on 2 workers take 3 rounds, and 1.5 blocks' worth of data leaves a core idle.
     """
     if n_samples == 0:
         return 1
     if nnz is not None:
-        per_row = max(nnz / n_samples, 1.0)
-        rows = TARGET_NNZ_PER_BLOCK / per_row
+        size, target, least = max(nnz, n_samples), TARGET_NNZ_PER_BLOCK, MIN_NNZ_PER_BLOCK
     else:
-        rows = TARGET_BYTES_PER_BLOCK / max(n_features * itemsize, 1)
-    return int(max(1, min(n_samples, rows)))
+        size, target, least = n_samples * n_features * itemsize, TARGET_BYTES_PER_BLOCK, MIN_BYTES_PER_BLOCK
+    n_blocks = max(1, -(-size // target))
+    for multiple in (BLOCK_MULTIPLE, 2):
+        balanced = -(-n_blocks // multiple) * multiple
+        if size / balanced >= least:
+            n_blocks = balanced
+            break
+    return int(max(1, min(n_samples, -(-n_samples // n_blocks))))
 
 
 def row_blocks(n_samples: int, chunk_rows: int, groups=None) -> np.ndarray:

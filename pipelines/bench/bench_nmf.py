@@ -1,0 +1,347 @@
+"""Benchmark: our NMF (MU) against its floors and scikit-learn, in one process, on the same data.
+
+    python pipelines/bench/bench_nmf.py                      # small default, a few minutes
+    python pipelines/bench/bench_nmf.py --nnz 20000000       # the issue's >= 2e7 nonzeros case
+    python pipelines/bench/bench_nmf.py --skip dense,cluster,scaling,nnls
+
+Sections (each prints seconds *and* ratios measured in this run):
+
+* ``sparse`` - a random sparse count matrix with realistic skew (log-normal document lengths,
+  Zipf word popularity), float32, k = 20:
+  floors (a) our per-block kernels (:func:`dnmf_dask.kernels.nmf.block_step`,
+  :func:`~dnmf_dask.kernels.nmf.update_factor`) in a plain loop, no dask; the two scipy sparse
+  products of one iteration; (c) reading and decoding X's blocks from a zarr corpus store;
+  ours with ``scheduler="threads"``; scikit-learn ``NMF(solver="mu")`` and ``solver="cd"``;
+  seconds and ns per nonzero per iteration, and the relative error each reaches in the time our
+  threaded fit takes for ``--iters`` iterations;
+* ``cluster`` - ours on a 1-worker (2 threads) and a 2-worker (1 thread each) LocalCluster,
+  reading the corpus store (out of core);
+* ``dense`` - a dense nonnegative low-rank + noise matrix: ours vs floor (b), the two skinny
+  GEMMs ``X @ A`` and ``X.T @ S`` of one iteration, and vs scikit-learn;
+* ``scaling`` - ours (threads) and floor (a) at nnz/4, nnz/2 and nnz; least-squares slope of
+  seconds per iteration against nnz and the intercept;
+* ``nnls`` - runs ``bench_nnls.py`` (batched NNLS vs a loop of ``scipy.optimize.nnls``) on a
+  smaller problem; run that script alone for the full-size numbers.
+
+Our per-iteration time is the median interval between the estimator's own per-iteration log
+lines (``verbose=1``), so initialisation and the final evaluation pass are not counted; the
+total fit time is printed as well. scikit-learn's per-iteration time is its fit time over
+``n_iter_`` (its initialisation is cheap with ``init="random"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nnz", type=float, default=4e6, help="nonzeros of the sparse matrix (issue target case: 2e7)")
+    p.add_argument("--per-row", type=float, default=100.0, help="mean nonzeros per row (sets n_samples = nnz / per_row)")
+    p.add_argument("--features", type=int, default=20_000, help="columns of the sparse matrix")
+    p.add_argument("--dense-shape", type=str, default="20000x1000", help="dense matrix shape, ROWSxCOLS")
+    p.add_argument("--k", type=int, default=20, help="rank")
+    p.add_argument("--iters", type=int, default=10, help="MU iterations timed per method")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--chunk-rows", type=int, default=None, help="rows per block (default: the library's choice)")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: sparse,cluster,dense,scaling,sklearn,nnls")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def skewed_sparse(n_samples, n_features, nnz, dtype, seed=0):
+    """Random CSR counts: log-normal row lengths, Zipf(1) column popularity, values 1 + Poisson(1)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.lognormal(0.0, 1.0, n_samples)
+    lengths = np.maximum(1, np.round(lengths * nnz / lengths.sum())).astype(np.int64)
+    rows = np.repeat(np.arange(n_samples, dtype=np.int64), lengths)
+    w = 1.0 / np.arange(1, n_features + 1)
+    cols = rng.choice(n_features, size=rows.size, p=w / w.sum())
+    cols = rng.permutation(n_features)[cols]  # popular words scattered over the columns
+    vals = (1 + rng.poisson(1.0, rows.size)).astype(dtype)
+    X = sp.csr_matrix((vals, (rows, cols)), shape=(n_samples, n_features), dtype=dtype)
+    X.sum_duplicates()
+    X.sort_indices()
+    return X
+
+
+def dense_lowrank(n, f, k, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, k), dtype=np.float32) @ rng.random((k, f), dtype=np.float32)
+    X += 0.1 * rng.random((n, f), dtype=np.float32)
+    return X.astype(dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing helpers
+# ---------------------------------------------------------------------------------------------
+def best_of(fn, repeats=3):
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+class _Stamps(io.TextIOBase):
+    """A stdout stand-in that timestamps the estimator's ``iteration`` log lines."""
+
+    def __init__(self):
+        self.t = []
+
+    def write(self, s):
+        if "iteration" in s:
+            self.t.append(time.perf_counter())
+        return len(s)
+
+
+def fit_ours(X, k, iters, scheduler, chunk_rows, seed):
+    """Fit dnmf_dask.NMF; returns (seconds per iteration, total fit seconds, relative error)."""
+    from dnmf_dask import NMF
+
+    m = NMF(k, init="random", max_iter=iters, tol=0, random_state=seed, scheduler=scheduler, chunk_rows=chunk_rows,
+            verbose=1)
+    stamps = _Stamps()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(stamps):
+        m.fit(X)
+    total = time.perf_counter() - t0
+    d = np.diff(stamps.t)
+    per_it = float(np.median(d)) if d.size else total / iters
+    return per_it, total, m.history_["rel_error"][-1]
+
+
+def fit_sklearn(X, k, iters, solver, seed):
+    import warnings
+
+    from sklearn.decomposition import NMF as SkNMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    m = SkNMF(k, init="random", solver=solver, max_iter=max(1, iters), tol=0, random_state=seed)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    total = time.perf_counter() - t0
+    return total / max(m.n_iter_, 1), total, m.reconstruction_err_
+
+
+def norm_of(X):
+    return float(np.sqrt(X.multiply(X).sum(dtype=np.float64))) if sp.issparse(X) else float(np.linalg.norm(X))
+
+
+# ---------------------------------------------------------------------------------------------
+# floors
+# ---------------------------------------------------------------------------------------------
+def floor_kernels(X, k, iters, chunk_rows, seed):
+    """Floor (a): the faster of :func:`_kernel_loop` with one BLAS thread and with BLAS's default."""
+    from threadpoolctl import threadpool_limits
+
+    t_default, nb = _kernel_loop(X, k, iters, chunk_rows, seed)
+    with threadpool_limits(limits=1, user_api="blas"):
+        t_one, _ = _kernel_loop(X, k, iters, chunk_rows, seed)
+    return min(t_default, t_one), nb, ("1 BLAS thread" if t_one < t_default else "default BLAS threads")
+
+
+def _kernel_loop(X, k, iters, chunk_rows, seed):
+    """block_step over the row blocks + update_factor, a plain Python loop; median s/iteration."""
+    from dnmf_dask.kernels.nmf import block_step, update_factor
+    from dnmf_dask.store.corpus import auto_chunk_rows, row_blocks
+
+    n, f = X.shape
+    if chunk_rows is None:
+        chunk_rows = auto_chunk_rows(n, f, X.nnz if sp.issparse(X) else None, X.dtype.itemsize)
+    off = row_blocks(n, chunk_rows)
+    blocks = [X[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    rng = np.random.default_rng(seed)
+    S = [rng.random((b.shape[0], k)).astype(X.dtype) for b in blocks]
+    A = rng.random((f, k)).astype(X.dtype)
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        AtA = A.T @ A
+        XtS, StS = 0, 0
+        for i, b in enumerate(blocks):
+            S[i], st = block_step(b, S[i], A, AtA=AtA)
+            XtS = XtS + st["XtS"]
+            StS = StS + st["StS"]
+        A = update_factor(A, XtS, den_gram=StS)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), len(blocks)
+
+
+def floor_products(X, k, seed):
+    """The two products of one MU iteration, X @ A and X.T @ S (floor (b) for dense X)."""
+    rng = np.random.default_rng(seed)
+    A = rng.random((X.shape[1], k)).astype(X.dtype)
+    S = rng.random((X.shape[0], k)).astype(X.dtype)
+    return best_of(lambda: (X @ A, X.T @ S))
+
+
+def floor_read(path):
+    """Floor (c): read and decode every block of the corpus store, nothing else."""
+    from dnmf_dask.store.corpus import _load_block, open_corpus
+
+    c = open_corpus(path)
+    off, dt, sparse = c.row_offsets, c.X.dtype, bool(c.attrs.get("sparse"))
+    f = c.X.shape[1]
+
+    def read():
+        for i in range(len(off) - 1):
+            _load_block(str(path), i, sparse, (int(off[i + 1] - off[i]), f), dt)
+
+    return best_of(read), len(off) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------------------------
+def row(name, sec, nnz=None, ref=None, extra=""):
+    s = f"  {name:<44s} {sec:9.4f} s/it"
+    if nnz:
+        s += f"  {sec / nnz * 1e9:7.2f} ns/nz"
+    if ref:
+        s += f"  {sec / ref:6.2f}x floor(a)"
+    print(s + ("  " + extra if extra else ""))
+
+
+def equal_time(X, k, budget, per_it, solver, seed):
+    """Relative error scikit-learn reaches in ``budget`` seconds (iterations = budget / per_it)."""
+    n_it = max(1, int(budget / per_it))
+    _, t, err = fit_sklearn(X, k, n_it, solver, seed)
+    return n_it, t, err
+
+
+def section_matrix(label, X, args, skip, store=None):
+    """Floors, ours (threads), scikit-learn on one matrix; returns a dict of results."""
+    k, iters, seed = args.k, args.iters, args.seed
+    nnz = X.nnz if sp.issparse(X) else X.size
+    normX = norm_of(X)
+    res = {}
+    print(f"\n== {label}: {X.shape[0]} x {X.shape[1]}, nnz {nnz:,}, {X.dtype}, k={k}, {iters} iterations ==")
+    fa, nb, how = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
+    res["floor_a"] = fa
+    row(f"floor (a) kernels, plain loop ({nb} blocks)", fa, nnz, extra=how)
+    fb = floor_products(X, k, seed)
+    res["floor_b"] = fb
+    row("floor (b) X@A + X.T@S" + (" (scipy)" if sp.issparse(X) else " (GEMMs)"), fb, nnz)
+    if store is not None:
+        fc, nbs = floor_read(store)
+        res["floor_c"] = fc
+        row(f"floor (c) read+decode corpus ({nbs} blocks)", fc, nnz)
+    per_it, total, rel = fit_ours(X, k, iters, "threads", args.chunk_rows, seed)
+    res["ours"] = per_it
+    row("ours NMF (threads)", per_it, nnz, fa,
+        f"{per_it / fb:5.2f}x floor(b)  fit {total:.2f} s, rel.err {rel:.4f}")
+    if "sklearn" not in skip:
+        print(f"  equal time budget = our threaded fit, {total:.2f} s:")
+        for solver in ("mu", "cd"):
+            sk_it, sk_total, sk_err = fit_sklearn(X, k, iters, solver, seed)
+            res[f"sk_{solver}"] = sk_it
+            n_it, t, err = equal_time(X, k, total, sk_it, solver, seed)
+            row(f"sklearn NMF(solver={solver!r})", sk_it, nnz, fa,
+                f"ours is {sk_it / per_it:5.2f}x faster/it; in {t:.2f} s ({n_it} it) rel.err {err / normX:.4f}")
+    return res
+
+
+def section_cluster(store, nnz, args):
+    from distributed import Client, LocalCluster
+
+    from dnmf_dask import open_corpus
+
+    print("\n== ours on a LocalCluster, reading the corpus store (out of core) ==")
+    out = {}
+    for n_workers, threads in ((1, 2), (2, 1)):
+        with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True, dashboard_address=None,
+                          host="127.0.0.1") as cl, Client(cl) as client:
+            per_it, total, rel = fit_ours(open_corpus(store), args.k, args.iters, client, None, args.seed)
+        out[n_workers] = per_it
+        row(f"ours NMF, {n_workers} worker(s) x {threads} thread(s)", per_it, nnz,
+            extra=f"{per_it * 2 / nnz * 1e9:6.2f} ns/nz per core  fit {total:.2f} s, rel.err {rel:.4f}")
+    print(f"  2 workers vs 1: {out[1] / out[2]:.2f}x the throughput")
+    return out
+
+
+def section_scaling(args, dtype):
+    print("\n== growth of time per iteration with nnz (ours, threads; floor (a)) ==")
+    sizes, ours, fa = [], [], []
+    for frac in (0.25, 0.5, 1.0):
+        nnz = int(args.nnz * frac)
+        X = skewed_sparse(max(1, int(nnz / args.per_row)), args.features, nnz, dtype, args.seed)
+        a, _, _ = floor_kernels(X, args.k, 3, args.chunk_rows, args.seed)
+        o, _, _ = fit_ours(X, args.k, max(4, args.iters // 2), "threads", args.chunk_rows, args.seed)
+        sizes.append(X.nnz)
+        ours.append(o)
+        fa.append(a)
+        print(f"  nnz {X.nnz:>12,}  rows {X.shape[0]:>9,}  ours {o:8.4f} s/it ({o / X.nnz * 1e9:6.2f} ns/nz)  "
+              f"floor (a) {a:8.4f} s/it")
+    x = np.asarray(sizes, float)
+    for name, y in (("ours", ours), ("floor (a)", fa)):
+        slope, icpt = np.polyfit(x, np.asarray(y), 1)
+        pred = slope * x + icpt
+        r2 = 1 - np.sum((y - pred) ** 2) / max(np.sum((y - np.mean(y)) ** 2), 1e-300)
+        print(f"  {name}: slope {slope * 1e9:.2f} ns per nonzero, intercept {icpt * 1e3:.1f} ms, R^2 {r2:.3f}; "
+              f"time ratio largest/smallest {y[-1] / y[0]:.2f} for nnz ratio {x[-1] / x[0]:.2f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    dtype = np.dtype(args.dtype)
+    import dask
+
+    import dnmf_dask
+    from dnmf_dask.store.corpus import write_corpus
+
+    print(f"dnmf_dask {dnmf_dask.__file__}; {os.cpu_count()} cores; load average {os.getloadavg()}")
+    print(f"numpy {np.__version__}, dask {dask.__version__}")
+    with tempfile.TemporaryDirectory(prefix="dnmf-bench-") as tmp:
+        if not {"sparse", "cluster"} <= skip:
+            nnz = int(args.nnz)
+            t0 = time.perf_counter()
+            X = skewed_sparse(max(1, int(nnz / args.per_row)), args.features, nnz, dtype, args.seed)
+            store = Path(tmp) / "sparse.zarr"
+            write_corpus(store, X, chunk_rows=args.chunk_rows)
+            print(f"(made and stored the sparse corpus in {time.perf_counter() - t0:.1f} s)")
+            if "sparse" not in skip:
+                section_matrix("sparse", X, args, skip, store)
+            if "cluster" not in skip:
+                section_cluster(store, X.nnz, args)
+            del X
+        if "dense" not in skip:
+            n, f = (int(v) for v in args.dense_shape.lower().split("x"))
+            Xd = dense_lowrank(n, f, args.k, dtype, args.seed)
+            store = Path(tmp) / "dense.zarr"
+            write_corpus(store, Xd, chunk_rows=args.chunk_rows)
+            section_matrix("dense", Xd, args, skip, store)
+            del Xd
+    if "scaling" not in skip:
+        section_scaling(args, dtype)
+    if "nnls" not in skip:
+        print("\n== batched NNLS vs a loop of scipy.optimize.nnls (pipelines/bench/bench_nnls.py, n = 2000) ==")
+        sys.path.insert(0, str(HERE))
+        import bench_nnls
+
+        bench_nnls.main(["--n", "2000", "--repeats", "3"])
+    print(f"\nload average at the end {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Default blocking chosen from the data's size, and one BLAS thread per in-process task."""
+
+import dask
+import numpy as np
+import pytest
+
+from dnmf_dask.parallel.mapreduce import map_reduce, one_blas_thread
+from dnmf_dask.store.corpus import (
+    BLOCK_MULTIPLE,
+    MIN_NNZ_PER_BLOCK,
+    TARGET_NNZ_PER_BLOCK,
+    auto_chunk_rows,
+)
+
+
+def n_blocks(n, nnz):
+    return -(-n // auto_chunk_rows(n, 1000, nnz, 4))
+
+
+@pytest.mark.parametrize(
+    "nnz, expected",
+    [
+        (500, 1),                                  # tiny: one block
+        (int(1.5 * MIN_NNZ_PER_BLOCK), 1),         # two blocks would fall under the minimum
+        (3 * MIN_NNZ_PER_BLOCK, 2),                # 4 would be too small, 2 are not
+        (5 * TARGET_NNZ_PER_BLOCK, 2 * BLOCK_MULTIPLE),  # 5 blocks rounded up to 8, not 3 rounds on 2 workers
+    ],
+)
+def test_auto_chunk_rows_balances_blocks(nnz, expected):
+    n = 200_000
+    assert n_blocks(n, nnz) == expected
+    # every block but the last has the chosen rows, and blocks keep at least the minimum
+    if expected > 1:
+        assert nnz / n_blocks(n, nnz) >= MIN_NNZ_PER_BLOCK
+
+
+def test_auto_chunk_rows_dense_and_small():
+    assert auto_chunk_rows(10, 5, None, 8) == 10
+    rows = auto_chunk_rows(20_000, 1000, None, 4)  # 80 MB float32 -> 4 blocks of 20 MB
+    assert -(-20_000 // rows) == 4
+
+
+def _blas_threads(x):
+    from threadpoolctl import threadpool_info
+
+    n = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+    return None, {"n": np.array([n])}
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
+def test_in_process_tasks_use_one_blas_thread(scheduler):
+    before = _blas_threads(None)[1]["n"][0]
+    with dask.config.set(scheduler=scheduler):
+        _, st = map_reduce(_blas_threads, [(1,), (2,)], keep_outputs=False)
+    assert st["n"][0] == 2  # summed over 2 blocks: one thread each
+    assert _blas_threads(None)[1]["n"][0] == before  # the limit is lifted afterwards
+
+
+def test_no_blas_limit_for_a_client_scheduler():
+    import contextlib
+
+    class FakeClient:
+        def get(self, *a, **k):  # pragma: no cover - never called
+            raise AssertionError
+
+    with dask.config.set(scheduler=FakeClient().get):
+        assert isinstance(one_blas_thread(), contextlib.nullcontext)
