@@ -229,9 +229,40 @@ def _ranks(text):
     return ranks
 
 
+#: fit options -> the models they apply to (given with another model and a non-default value: an error)
+FIT_OPTION_MODELS = {
+    "lam": ("ssnmf", "hierarchical", "deep", "neural"),
+    "init": ("nmf", "ssnmf", "hierarchical", "deep"),
+    "pool_size": ("deep",),
+    "backprop_iter": ("deep",),
+    "solver": ("nmf", "ssnmf", "hierarchical"),
+    "beta_loss": ("nmf", "ssnmf", "hierarchical"),
+    "label_loss": ("ssnmf", "hierarchical", "neural"),
+}
+
+
+def _check_fit_options(args):
+    """One clear error for a fit option that the chosen model would ignore (nothing is silent)."""
+    from .errors import DNMFValueError
+
+    defaults = vars(build_parser().parse_args(["fit", "CORPUS", "OUT"]))  # the flags' defaults, not a config file's
+    for dest, models in FIT_OPTION_MODELS.items():
+        value = getattr(args, dest)
+        if args.model not in models and value != defaults[dest]:
+            raise DNMFValueError(f"--{dest.replace('_', '-')}: does not apply to --model {args.model} (only to "
+                                 f"{', '.join(models)}); expected the default {defaults[dest]!r}, found {value!r}")
+    if args.ranks is not None and args.model in ("nmf", "ssnmf") and len(args.ranks) != 1:
+        raise DNMFValueError(f"--ranks: expected one rank for the one-layer --model {args.model} (or use -k), "
+                             f"found {','.join(map(str, args.ranks))}")
+    if args.ranks is not None and args.rank != defaults["rank"] and (args.rank,) != tuple(args.ranks):
+        raise DNMFValueError(f"--rank: expected either --rank or --ranks, found both (--rank {args.rank}, "
+                             f"--ranks {','.join(map(str, args.ranks))})")
+
+
 def _make_model(args):
     from . import models
 
+    _check_fit_options(args)
     ranks = args.ranks or (args.rank,)
     common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed)
     losses = dict(solver=args.solver, beta_loss=args.beta_loss)
@@ -241,19 +272,12 @@ def _make_model(args):
         return models.SSNMF(ranks[0], lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
     if args.model == "hierarchical":
         return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
-    if args.model == "neural" and (args.solver, args.beta_loss) == ("mu", "frobenius"):
-        # Neural NMF has its own optimiser and a Frobenius data term; its label term may be either
-        return models.NeuralNMF(ranks, lam=args.lam, label_loss=args.label_loss, epochs=args.max_iter, tol=args.tol,
-                                random_state=args.seed)
-    if (args.solver, args.beta_loss, args.label_loss) != ("mu", "frobenius", "frobenius"):
-        from .errors import DNMFValueError
-
-        raise DNMFValueError(f"--solver/--beta-loss/--label-loss: expected the defaults for --model {args.model}, found "
-                             f"{args.solver}/{args.beta_loss}/{args.label_loss}")
     if args.model == "deep":
         return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
                               backprop_iter=args.backprop_iter, **common)
-    return models.NeuralNMF(ranks, lam=args.lam, epochs=args.max_iter, tol=args.tol, random_state=args.seed)
+    # Neural NMF has its own optimiser (epochs) and a Frobenius data term; its label term may be either
+    return models.NeuralNMF(ranks, lam=args.lam, label_loss=args.label_loss, epochs=args.max_iter, tol=args.tol,
+                            random_state=args.seed)
 
 
 #: models whose fit can start from a stored model (every model checkpoints)
@@ -287,8 +311,8 @@ def cmd_fit(args):
     from .store.model import load_model, save_model
     from .store.versions import latest_version, next_version, up_to_date
 
+    model = _make_model(args)  # bad options fail before any data is read
     corpus = open_corpus(args.corpus)
-    model = _make_model(args)
     config = _fit_config(model)
     fingerprint = corpus_fingerprint(corpus)
     out = Path(args.out)
@@ -542,21 +566,34 @@ def build_parser(fit_defaults=None):
     pf = sub.add_parser("fit", help="fit a model on a corpus store and write the model store")
     pf.add_argument("corpus", help="corpus store (from dnmf ingest)")
     pf.add_argument("out", help="model store to write (a folder, e.g. model.zarr)")
-    pf.add_argument("--model", choices=MODELS, default="ssnmf")
-    pf.add_argument("--rank", "-k", type=int, default=20, help="number of topics k (one-layer models)")
-    pf.add_argument("--ranks", type=_ranks, default=None, help="topics per layer, e.g. 20,5 (hierarchical, deep, neural)")
-    pf.add_argument("--pool-size", type=int, default=0, help="deep: max pooling window over consecutive samples of a group (0 = none)")
-    pf.add_argument("--backprop-iter", type=int, default=0, help="deep: backpropagation iterations after the forward pass")
-    pf.add_argument("--lam", type=float, default=1.0, help="weight of the label term (SSNMF)")
-    pf.add_argument("--init", default="nndsvda", choices=INITS)
-    pf.add_argument("--solver", default="mu", choices=("mu", "hals", "anls"), help="nmf, ssnmf, hierarchical: update rule")
-    pf.add_argument("--beta-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl"), help="data term")
+    pf.add_argument("--model", choices=MODELS, default="ssnmf",
+                    help="nmf: plain NMF; ssnmf: semi-supervised NMF (topics + label classifier B, default); "
+                    "hierarchical: multilayer NMF, each layer factorizes the previous codes; deep: Deep NMF "
+                    "(Flenner-Hunter: pooling within groups, backpropagation); neural: Neural NMF (Gao, Haddock et al.). "
+                    "Options that do not apply to the chosen model are an error")
+    pf.add_argument("--rank", "-k", type=int, default=20, help="number of topics k of a one-layer model (default 20)")
+    pf.add_argument("--ranks", type=_ranks, default=None,
+                    help="topics per layer, e.g. 20,5 (hierarchical, deep, neural; default: the one layer of --rank)")
+    pf.add_argument("--pool-size", type=int, default=0,
+                    help="deep: max-pooling window over consecutive samples (paragraphs, frames) of a group (0 = none)")
+    pf.add_argument("--backprop-iter", type=int, default=0,
+                    help="deep: iterations of backpropagation (eq. 4) through all layers after the forward pass (default 0)")
+    pf.add_argument("--lam", type=float, default=1.0,
+                    help="weight of the label term against the data term (ssnmf, hierarchical, deep, neural; default 1)")
+    pf.add_argument("--init", default="nndsvda", choices=INITS,
+                    help="start of the factors: nndsvd(a) (SVD based, deterministic) or random (seeded by --seed); "
+                    "nmf, ssnmf, hierarchical, deep (default nndsvda)")
+    pf.add_argument("--solver", default="mu", choices=("mu", "hals", "anls"),
+                    help="update rule: multiplicative (mu, default), HALS, or exact NNLS (anls); nmf, ssnmf, hierarchical")
+    pf.add_argument("--beta-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl"),
+                    help="data term: squared Frobenius (default) or generalized Kullback-Leibler; nmf, ssnmf, hierarchical")
     pf.add_argument("--label-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl", "cross-entropy"),
-                    help="label term (ssnmf, hierarchical)")
-    pf.add_argument("--max-iter", type=int, default=200, help="iterations (per layer; neural: epochs)")
-    pf.add_argument("--tol", type=float, default=1e-4)
-    pf.add_argument("--seed", type=int, default=0)
-    pf.add_argument("--overwrite", action="store_true")
+                    help="label term: squared error (default), KL, or softmax cross-entropy; ssnmf, hierarchical, neural")
+    pf.add_argument("--max-iter", type=int, default=200, help="maximum iterations (per layer; neural: epochs; default 200)")
+    pf.add_argument("--tol", type=float, default=1e-4,
+                    help="stop when the objective's relative decrease over one iteration is below this (default 1e-4)")
+    pf.add_argument("--seed", type=int, default=0, help="random seed of the initialisation (results are reproducible; default 0)")
+    pf.add_argument("--overwrite", action="store_true", help="replace an existing model store OUT (atomically)")
     pf.add_argument("--config", default=None, metavar="FILE.toml",
                     help="fit options from a TOML file (keys as the flags: model, ranks, lam, max_iter, tol, pool_size, "
                     "backprop_iter, random_state, scheduler, ...); flags given here override it")
