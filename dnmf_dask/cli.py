@@ -123,6 +123,16 @@ def cmd_ingest(args):
         ac = _load_audio(args)
         X, y_true, groups = ac.X, ac.y, ac.groups
         feature_names, label_names, sample_ids, prov = ac.feature_names, ac.label_names, ac.sample_ids, ac.params
+    elif args.source == "h5ad":
+        from .ingest.tabular import read_h5ad
+
+        if not args.input:
+            from .errors import DNMFValueError
+
+            raise DNMFValueError("input: expected --input FILE.h5ad, found none")
+        ad = read_h5ad(args.input, label_key=args.label_key, group_key=args.group_key)
+        X, y_true, groups = ad.X, ad.y, ad.groups
+        feature_names, label_names, sample_ids, prov = ad.feature_names, ad.label_names, ad.sample_ids, ad.params
     else:
         X, y_true, groups, feature_names, label_names, sample_ids, prov = _load_array_file(args.input)
     y = y_true
@@ -544,14 +554,18 @@ def build_parser(fit_defaults=None):
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("ingest", help="turn a data set into a corpus store (zarr)")
-    pi.add_argument("source", choices=("bbc", "npz", "npy", "audio", "images", "wordnet"),
-                    help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file; audio: a folder of sound clips; "
+    pi.add_argument("source", choices=("bbc", "npz", "npy", "h5ad", "audio", "images", "wordnet"),
+                    help="bbc: the BBC News corpus shipped by pip; npz/npy: an array file; h5ad: an AnnData file "
+                    "(X dense or sparse, var index as feature names); audio: a folder of sound clips; "
                     "images: an IDX image file (MNIST / Fashion-MNIST), pixels as features; wordnet: WordNet's definitions "
                     "labelled by lexicographer file (Debian wordnet-base: --input /usr/share/wordnet)")
     pi.add_argument("out", help="corpus store to write (a folder, e.g. bbc.zarr)")
-    pi.add_argument("--input", help="the .npz/.npy file (npz/npy), the folder of clips (audio), the IDX image file (images) "
+    pi.add_argument("--input", help="the .npz/.npy file (npz/npy), the .h5ad file (h5ad), the folder of clips (audio), "
+                    "the IDX image file (images) "
                     "or WordNet's folder (wordnet)")
     pi.add_argument("--labels", default=None, help="images: IDX label file (default: the sibling *labels-idx1* file)")
+    pi.add_argument("--label-key", default=None, help="h5ad: the obs column holding each sample's class")
+    pi.add_argument("--group-key", default=None, help="h5ad: the obs column holding each sample's group (contiguous)")
     pi.add_argument("--limit", type=int, default=None, help="images: keep the first N images")
     pi.add_argument("--label-fraction", type=float, default=None, help="keep this stratified fraction of labels known (e.g. 0.01); the truth is kept as y_true")
     pi.add_argument("--seed", type=int, default=0, help="seed of the label choice")
