@@ -203,6 +203,20 @@ def check_observed(observed, shape, sparse_X):
     return w
 
 
+def check_int_vector(v, name, n=None) -> np.ndarray:
+    """A 1-D integer array (``n`` entries if given) as int64; floats holding integers get a hint."""
+    arr = np.asarray(v)
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            raise DNMFTypeError(f"{name}: expected an integer array, found dtype {arr.dtype} (cast it with .astype(int))")
+        raise DNMFTypeError(f"{name}: expected an integer array, found dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise DNMFValueError(f"{name}: expected a 1-D array, found shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise DNMFValueError(f"{name}: expected {n} entries (one per sample), found {arr.shape[0]}")
+    return arr.astype(np.int64, copy=False)
+
+
 def check_positive_int(value, name, *, minimum=1, allow_none=False):
     if value is None and allow_none:
         return None

@@ -115,3 +115,13 @@ def ssnmf_ce_mu(X, A, S, B, Y, L, lam, n_iter=20):
         A = A * _div(X @ S.T, A @ S @ S.T)
         B = B * _div(Y @ S.T, probs(S) @ S.T)
     return A, S, B
+
+
+def runs(groups):
+    """(start, stop) of every run of equal group ids, by a plain loop."""
+    out, start = [], 0
+    for i in range(1, len(groups) + 1):
+        if i == len(groups) or groups[i] != groups[i - 1]:
+            out.append((start, i))
+            start = i
+    return out

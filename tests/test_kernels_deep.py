@@ -27,19 +27,12 @@ from dnmf_dask.kernels.deep import (
 )
 from dnmf_dask.kernels.pooling import max_pool
 
+from .reference import runs
+
 EPS = DEFAULT_EPS
 
 
 # ============================================================================ paper transcription
-
-def runs(groups):
-    out, start = [], 0
-    for i in range(1, len(groups) + 1):
-        if i == len(groups) or groups[i] != groups[i - 1]:
-            out.append((start, i))
-            start = i
-    return out
-
 
 def paper_windows(groups, p, stride):
     """(lo, hi_exclusive, group) of every pooled sample, by loops (DESIGN: centred for stride 1)."""

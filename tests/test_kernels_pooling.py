@@ -19,22 +19,14 @@ from dnmf_dask.kernels.pooling import (
     pool_windows,
 )
 
+from .reference import runs
+
 
 def make_groups(rng, n_groups, max_len, min_len=1):
     """Contiguous groups with arbitrary (non-sorted, non-consecutive) ids."""
     lens = rng.integers(min_len, max_len + 1, size=n_groups)
     ids = rng.permutation(10 * n_groups)[:n_groups] + 7
     return np.repeat(ids, lens), lens
-
-
-def runs(groups):
-    """(start, stop) of every group, by a plain loop."""
-    out, start = [], 0
-    for i in range(1, len(groups) + 1):
-        if i == len(groups) or groups[i] != groups[i - 1]:
-            out.append((start, i))
-            start = i
-    return out
 
 
 def ref_sliding(S, groups, p):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from .._validation import check_int_vector
 from ..errors import DNMFTypeError, DNMFValueError
 
 __all__ = [
@@ -30,15 +31,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _int_vector(v, name, n=None) -> np.ndarray:
-    arr = np.asarray(v)
-    if arr.dtype.kind not in "iu" or arr.dtype.kind == "b":
-        raise DNMFTypeError(f"{name}: expected an integer array, found dtype {arr.dtype}")
-    if arr.ndim != 1:
-        raise DNMFValueError(f"{name}: expected a 1-D array, found shape {arr.shape}")
-    if n is not None and arr.shape[0] != n:
-        raise DNMFValueError(f"{name}: expected {n} entries (one per sample), found {arr.shape[0]}")
-    return arr.astype(np.int64, copy=False)
 
 
 def _dense_2d(M, name) -> np.ndarray:
@@ -61,7 +53,7 @@ def _assignments(clusters, n, name) -> np.ndarray:
         if S.shape[0] != n:
             raise DNMFValueError(f"{name}: expected {n} rows (one per sample), found shape {S.shape}")
         return np.argmax(S, axis=1).astype(np.int64)
-    return _int_vector(clusters, name, n)
+    return check_int_vector(clusters, name, n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +67,7 @@ def purity(y_true, clusters) -> float:
     """
     from sklearn.metrics.cluster import contingency_matrix
 
-    y_true = _int_vector(y_true, "y_true")
+    y_true = check_int_vector(y_true, "y_true")
     c = _assignments(clusters, y_true.size, "clusters")
     keep = y_true >= 0
     if not keep.any():
@@ -89,10 +81,10 @@ def accuracy_unlabeled(y_true, y_pred, y_masked) -> float:
 
     ``y_pred`` is an integer prediction (n,) or a score matrix (n, n_classes) (row argmax).
     """
-    y_true = _int_vector(y_true, "y_true")
+    y_true = check_int_vector(y_true, "y_true")
     n = y_true.size
     y_pred = _assignments(y_pred, n, "y_pred")
-    y_masked = _int_vector(y_masked, "y_masked", n)
+    y_masked = check_int_vector(y_masked, "y_masked", n)
     known = y_masked >= 0
     if np.any(y_masked[known] != y_true[known]):
         raise DNMFValueError("y_masked: expected y_true with some entries set to -1, found known labels that differ from y_true")
@@ -110,7 +102,7 @@ def confusion(y_true, y_pred, *, n_classes: int | None = None, mask=None) -> np.
     """
     from sklearn.metrics import confusion_matrix
 
-    y_true = _int_vector(y_true, "y_true")
+    y_true = check_int_vector(y_true, "y_true")
     y_pred = _assignments(y_pred, y_true.size, "y_pred")
     keep = y_true >= 0
     if mask is not None:
@@ -404,7 +396,7 @@ def layer_angles(
 
     if not isinstance(reps, (list, tuple)) or len(reps) < 2:
         raise DNMFValueError(f"reps: expected a list of at least 2 layer representations, found {type(reps).__name__}")
-    y = _int_vector(y, "y")
+    y = check_int_vector(y, "y")
     n = y.size
     R = []
     for l, r in enumerate(reps):
@@ -492,7 +484,7 @@ def drift_angles(R_from, R_to, y=None) -> dict:
     ang, _, _ = _pair_geometry(A, Bm, idx, idx, _row_norms(A), _row_norms(Bm))
     out = {"angles": ang, "per_class": {}}
     if y is not None:
-        y = _int_vector(y, "y", idx.size)
+        y = check_int_vector(y, "y", idx.size)
         for c in np.unique(y[y >= 0]):
             v = ang[(y == c) & np.isfinite(ang)]
             out["per_class"][int(c)] = (float(v.mean()) if v.size else float("nan"), float(v.std()) if v.size else float("nan"))

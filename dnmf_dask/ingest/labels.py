@@ -18,22 +18,10 @@ import numbers
 
 import numpy as np
 
+from .._validation import check_int_vector
 from ..errors import DNMFTypeError, DNMFValueError
 
 __all__ = ["mask_labels", "n_known_per_class"]
-
-
-def _check_int_vector(v, name, n=None) -> np.ndarray:
-    arr = np.asarray(v)
-    if arr.dtype.kind == "b" or arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            raise DNMFTypeError(f"{name}: expected an integer array, found dtype {arr.dtype} (cast it with .astype(int))")
-        raise DNMFTypeError(f"{name}: expected an integer array, found dtype {arr.dtype}")
-    if arr.ndim != 1:
-        raise DNMFValueError(f"{name}: expected a 1-D array, found shape {arr.shape}")
-    if n is not None and arr.shape[0] != n:
-        raise DNMFValueError(f"{name}: expected {n} entries (one per sample), found {arr.shape[0]}")
-    return arr.astype(np.int64, copy=False)
 
 
 def _n_keep(n_units: int, fraction: float) -> int:
@@ -63,7 +51,7 @@ def mask_labels(y, fraction: float, random_state=None, *, by_group=None) -> np.n
     ndarray of int64 (n_samples,)
         ``y`` with the hidden labels set to ``-1`` (a new array).
     """
-    y = _check_int_vector(y, "y")
+    y = check_int_vector(y, "y")
     if y.size and y.min() < -1:
         raise DNMFValueError(f"y: expected class codes >= 0 or -1 (unlabeled), found {y.min()}")
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
@@ -94,7 +82,7 @@ def mask_labels(y, fraction: float, random_state=None, *, by_group=None) -> np.n
             out[idx[chosen]] = c
         return out
 
-    g = _check_int_vector(by_group, "by_group", n=y.size)
+    g = check_int_vector(by_group, "by_group", n=y.size)
     gl, yl = g[labeled], y[labeled]
     # one class per group (among its labeled samples)
     order = np.lexsort((yl, gl))
@@ -119,6 +107,6 @@ def mask_labels(y, fraction: float, random_state=None, *, by_group=None) -> np.n
 
 def n_known_per_class(y_masked, n_classes: int | None = None) -> np.ndarray:
     """Number of known (``>= 0``) labels per class code."""
-    y = _check_int_vector(y_masked, "y_masked")
+    y = check_int_vector(y_masked, "y_masked")
     known = y[y >= 0]
     return np.bincount(known, minlength=n_classes or 0)

@@ -178,6 +178,7 @@ class NeuralNMF(HierarchicalNMF):
             seed = seed_from(self.random_state)
             codes, n_classes = self._encode_labels(y)
             dtype = np.float64
+            ce = canonical_loss(self.label_loss) == "cross-entropy"
             ck = make_checkpointer(self, checkpoint, checkpoint_every, resume, blocks, y)
             resumed = resume_point(ck, resume, ("neural",))
             warm = check_warm_start(self, warm_start, blocks.n_features)
@@ -196,7 +197,6 @@ class NeuralNMF(HierarchicalNMF):
             elif self.init == "hierarchical":
                 # the hierarchical SSNMF's label term is a squared error; for cross-entropy the
                 # layers start unsupervised and B is fitted to them (refit_B below)
-                ce = canonical_loss(self.label_loss) == "cross-entropy"
                 h = HierarchicalNMF(ranks, lam=0.0 if ce else self.lam, max_iter=self.init_max_iter, tol=1e-4,
                                     random_state=seed, chunk_rows=chunk_rows, persist=self.persist)
                 import warnings
@@ -221,7 +221,7 @@ class NeuralNMF(HierarchicalNMF):
                 B = random_matrix(seed, (n_classes, ranks[-1]), 1.0 / np.sqrt(ranks[-1]), dtype, stream=3)
             lam = self.lam if n_classes else 0.0
             # B ≥ 0 for the squared-error classifier (SSNMF); softmax logits are signed
-            project_B = (lambda M: M) if canonical_loss(self.label_loss) == "cross-entropy" else (lambda M: np.maximum(M, 0.0))
+            project_B = (lambda M: M) if ce else (lambda M: np.maximum(M, 0.0))
             y_parts = blocks.split(codes)
             per_block = list(zip(blocks.X, y_parts))
 
@@ -246,7 +246,7 @@ class NeuralNMF(HierarchicalNMF):
             def refit_B(st, As, B):
                 """The exact block-coordinate step for B, then the statistics (and the gradients,
                 which depend on B through the label term) at the new point: one more pass."""
-                if B is None or lam == 0 or self.classifier_iter == 0 or st["n_labeled"] == 0:
+                if not refits_B or st["n_labeled"] == 0:
                     return st, B
                 SLl, yl = np.vstack(st["SL_lab"]), np.concatenate(st["y_lab"])
                 B_new, _ = fit_classifier(SLl, yl, B, self.label_loss, self.classifier_iter)
