@@ -280,11 +280,7 @@ class DeepNMF(HierarchicalNMF):
         """
         if not self._pooling:
             return super().transform(X, layer=layer, groups=groups)
-        self._check_fitted()
-        L = len(self.A_)
-        if not -L <= layer < L:
-            raise DNMFValueError(f"layer: expected an integer in [-{L}, {L - 1}], found {layer}")
-        layer = layer % L
+        layer = self._check_layer(layer)
         pool_size, stride = int(self.pool_size), int(self.stride)
         with scheduler_context(self.scheduler):
             blocks, _, info = self._prepare(X, None, groups, None)
@@ -310,3 +306,13 @@ class DeepNMF(HierarchicalNMF):
                     sizes.append(len(gp))
                 out_blocks = Blocks(parts, np.r_[0, np.cumsum(sizes)].astype(np.int64), k, blocks.dtype, False)
             return self._gather(out_blocks, parts, k, blocks.dtype, info["kind"])
+
+    def score(self, X, y=None):
+        """Accuracy on the labeled samples of y (-1 ignored); without y, the negative squared
+        reconstruction error of the last layer — defined only without pooling."""
+        if y is None and self._pooling:
+            raise DNMFValueError(
+                f"y: expected labels to score a pooled DeepNMF (pool_size={self.pool_size}), found None; its upper layers "
+                "have one code per pooling window, not per sample, so X has no reconstruction from them (see layer_rel_error_)"
+            )
+        return super().score(X, y)

@@ -50,6 +50,15 @@ def _forward_task(X, *, As, layer):
     return S.astype(X.dtype, copy=False), {}  # solved in float64, returned in the input's dtype
 
 
+def _score_task(X, *, As):
+    """||X − S_L (A0 … AL)ᵀ||² of a block, S_L by the exact forward pass (X never densified)."""
+    S, _ = _forward_task(X, As=As, layer=len(As) - 1)
+    P = As[0]
+    for A in As[1:]:
+        P = P @ A
+    return _recon_task(X, S.astype(np.float64), P=P)
+
+
 def _semi_stats_task(X, S):
     _, st = semi_block_step(X, S, np.zeros((X.shape[1], S.shape[1]), S.dtype), update_S=False)
     return None, st
@@ -334,18 +343,25 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
 
     def transform(self, X, *, layer=-1, groups=None):
         """S(layer) (n_samples, k_layer) by the exact forward pass S(l) = q(A(l), S(l−1)) (NNLS)."""
-        self._check_fitted()
-        L = len(self.A_)
-        if not -L <= layer < L:
-            raise DNMFValueError(f"layer: expected an integer in [-{L}, {L - 1}], found {layer}")
-        layer = layer % L
+        layer = self._check_layer(layer)
         with scheduler_context(self.scheduler):
-            blocks, _, info = self._prepare(X, None, groups, None)
-            self._check_feature_space(X, blocks.n_features)
+            blocks, info = self._blocks_for(X, groups)
             As = dask.delayed(list(self.A_))  # one graph key for all blocks
             parts, _ = map_reduce(_forward_task, [(b,) for b in blocks.X], As=As, layer=layer)
             k = self.A_[layer].shape[1]
             return self._gather(blocks, parts, k, blocks.dtype, info["kind"])
+
+    def _check_layer(self, layer):
+        self._check_fitted()
+        L = len(self.A_)
+        if not -L <= layer < L:
+            raise DNMFValueError(f"layer: expected an integer in [-{L}, {L - 1}], found {layer}")
+        return layer % L
+
+    def _blocks_for(self, X, groups):
+        blocks, _, info = self._prepare(X, None, groups, None)
+        self._check_feature_space(X, blocks.n_features)
+        return blocks, info
 
     def decision_function(self, X, **kw):
         self._check_fitted()
@@ -358,17 +374,23 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         return self.classes_[np.argmax(D, axis=1)]
 
     def inverse_transform(self, S, layer=-1):
-        """S(layer) (A0 … A_layer)ᵀ."""
+        """S(layer) (A0 … A_layer)ᵀ: (n_samples, k_layer) → (n_samples, n_features)."""
+        layer = self._check_layer(layer)
         P = self.A_[0]
-        for A in self.A_[1: (layer % len(self.A_)) + 1]:
+        for A in self.A_[1: layer + 1]:
             P = P @ A
         return S @ P.T
 
     def score(self, X, y=None):
+        """Accuracy on the labeled samples of y (-1 ignored); without y, the negative squared
+        reconstruction error of the last layer, ||X − S_L (A0 … AL)ᵀ||², computed block by block
+        (X is never densified; NaN entries of a dense X are left out)."""
         if y is None:
-            S = np.asarray(self.transform(X))
-            Xd = np.asarray(X.toarray() if hasattr(X, "toarray") else X)
-            return -float(np.sum((Xd - self.inverse_transform(S)) ** 2))
+            self._check_fitted()
+            with scheduler_context(self.scheduler):
+                blocks, _ = self._blocks_for(X, None)
+                _, st = map_reduce(_score_task, [(b,) for b in blocks.X], keep_outputs=False, As=dask.delayed(list(self.A_)))
+            return -float(st["loss_X"])
         y = np.asarray(y)
         m = y >= 0
         return float(np.mean(self.predict(X)[m] == y[m]))

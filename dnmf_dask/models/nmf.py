@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import ClassifierMixin
 
 from .._validation import check_choice, check_matrix, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.nmf import transform_block
+from ..kernels.nmf import block_step, transform_block
 from ..kernels.solvers import DATA_LOSSES, LABEL_LOSSES, LOSS_ALIASES, SOLVERS, canonical_loss, transform_block_general
 from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
@@ -28,6 +27,13 @@ def _transform_task(X, W, *, A, scale, max_iter, tol, dtype, opts=None):
         S, _ = transform_block_general(X, A, S0, max_iter=max_iter, tol=tol, W=W, loss=opts.loss,
                                        solver=opts.solver, l1_S=opts.l1_S, l2_S=opts.l2_S)
     return S, {}
+
+
+def _score_task(X, W, *, A, **transform_kw):
+    """||W⊙(X − S Aᵀ)||² of a block for its S from :func:`_transform_task` (one pass, X never densified)."""
+    S, _ = _transform_task(X, W, A=A, **transform_kw)
+    _, st = block_step(X, S, A, W=W, update_S=False)
+    return None, {"loss_X": st["loss_X"]}
 
 
 def solver_options(est, n_samples, n_features):
@@ -319,18 +325,21 @@ class NMF(BaseFactorization):
 
     def transform(self, X, *, groups=None, observed=None):
         """S (n_samples, k) for X with the learned A fixed (multiplicative updates on S only)."""
-        self._check_fitted()
         with scheduler_context(self.scheduler):
-            blocks, _, info = self._prepare(X, None, groups, observed)
-            self._check_feature_space(X, blocks.n_features)
-            A = self.A_[0].astype(blocks.dtype)
-            W_parts = blocks.W or [None] * blocks.n_blocks
-            parts, _ = map_reduce(
-                _transform_task, list(zip(blocks.X, W_parts)), A=A,
-                scale=self._transform_scale, max_iter=self.transform_max_iter, tol=self.tol, dtype=blocks.dtype,
-                opts=self._transform_opts(),
-            )
-            return self._gather(blocks, parts, A.shape[1], blocks.dtype, info["kind"])
+            blocks, info, per_block, kw = self._transform_plan(X, groups, observed)
+            parts, _ = map_reduce(_transform_task, per_block, **kw)
+            return self._gather(blocks, parts, kw["A"].shape[1], blocks.dtype, info["kind"])
+
+    def _transform_plan(self, X, groups, observed):
+        """Row blocks of X and the arguments of the S-only updates shared by transform and score."""
+        self._check_fitted()
+        blocks, _, info = self._prepare(X, None, groups, observed)
+        self._check_feature_space(X, blocks.n_features)
+        A = self.A_[0].astype(blocks.dtype)
+        W_parts = blocks.W or [None] * blocks.n_blocks
+        kw = dict(A=A, scale=self._transform_scale, max_iter=self.transform_max_iter, tol=self.tol,
+                  dtype=blocks.dtype, opts=self._transform_opts())
+        return blocks, info, list(zip(blocks.X, W_parts)), kw
 
     def _transform_opts(self):
         """The fit's loss/solver/S penalty for the S-only updates (None: Frobenius MU); from the
@@ -343,14 +352,16 @@ class NMF(BaseFactorization):
         self._check_fitted()
         return S @ self.A_[0].T
 
-    def score(self, X, y=None):
-        """Negative squared Frobenius reconstruction error of ``transform(X)`` (higher is better)."""
-        S = np.asarray(self.transform(X))
-        Xc = check_matrix(X.X if hasattr(X, "row_offsets") else X, "X", allow_nan=True, allow_dask=True)
-        if hasattr(Xc, "compute"):
-            Xc = Xc.compute()
-        R = (Xc.toarray() if sp.issparse(Xc) else Xc) - S @ self.A_[0].T
-        return -float(np.nansum(R * R))
+    def score(self, X, y=None, *, observed=None):
+        """Negative squared Frobenius reconstruction error ||W⊙(X − transform(X) Aᵀ)||² (higher is better).
+
+        Computed block by block in one pass (X is never densified nor S gathered); missing entries
+        (NaN in dense X, or ``observed=False``) are left out.
+        """
+        with scheduler_context(self.scheduler):
+            _, _, per_block, kw = self._transform_plan(X, None, observed)
+            _, st = map_reduce(_score_task, per_block, keep_outputs=False, **kw)
+        return -float(st["loss_X"])
 
 
 class SSNMF(ClassifierMixin, NMF):
