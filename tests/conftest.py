@@ -12,7 +12,8 @@ def local_cluster():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, memory_limit="2GiB") as cluster, Client(cluster) as client:
+                      dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                      memory_limit="2GiB") as cluster, Client(cluster) as client:
         yield client
 
 

@@ -58,6 +58,29 @@ def test_cli_started_local_cluster_prints_loopback_dashboard(tmp_path, capsys):
     assert "started a LocalCluster with 1 workers; dashboard: http://127.0.0.1:" in err
 
 
+def test_local_cluster_without_dashboard_leaves_port_8787_alone():
+    """dashboard_address=None must not reach for distributed's default port 8787 (taken by another
+    cluster or by RStudio): no "Port 8787 is already in use" warning, and the cluster works."""
+    import socket
+
+    from dnmf_dask.parallel.scheduler import scheduler_context
+
+    holder = socket.socket()
+    try:
+        holder.bind(("0.0.0.0", 8787))
+        holder.listen()
+    except OSError:
+        pass  # already taken by someone else: the same situation
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with scheduler_context("local", n_workers=1, dashboard_address=None, verbose=False) as client:
+                assert client.submit(sum, [1, 2]).result() == 3
+        assert not [w for w in caught if "8787" in str(w.message)]
+    finally:
+        holder.close()
+
+
 def test_unreachable_scheduler_exit_code_3(tmp_path, capsys):
     import dask
 

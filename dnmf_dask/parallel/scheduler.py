@@ -83,6 +83,9 @@ def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None
             memory_limit=memory_limit,
             dashboard_address=dashboard_address,
             host="127.0.0.1",
+            # no dashboard: the scheduler still serves HTTP (health, metrics); on a free loopback
+            # port instead of distributed's default 8787, which may be taken ("Port 8787 is in use")
+            **({"scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"}} if dashboard_address is None else {}),
             **({"security": security} if security is not None else {}),
         ) as cluster, Client(cluster, **({"security": security} if security is not None else {})) as client:
             if verbose:
