@@ -93,6 +93,15 @@ def test_nndsvd_matches_sklearn_on_low_rank(rng):
         assert _rel(m.A_[0], A_ref) < 1e-6
 
 
+def test_nndsvd_of_sparse_x_equals_that_of_dense_x(rng):
+    """The exact (Gram) SVD path forms XᵀX from sparse blocks without densifying them."""
+    X = _data(rng, n=120, sparse=True)
+    kw = dict(init="nndsvd", max_iter=1, tol=0, scheduler="threads", chunk_rows=50)
+    a = dd.NMF(4, **kw).fit(X)
+    b = dd.NMF(4, **kw).fit(X.toarray())
+    assert _rel(a.A_[0], b.A_[0]) < 1e-10
+
+
 def test_tol_stops_and_reports(rng):
     X = _data(rng)
     m = dd.NMF(3, max_iter=500, tol=1e-3, random_state=0, scheduler="threads").fit(X)
