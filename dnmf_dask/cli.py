@@ -228,7 +228,7 @@ def _read_array_file(p):
 
 
 # -- fit / predict --------------------------------------------------------------------------
-from .config import INITS, MODELS  # noqa: E402
+from .config import BETA_LOSS_CHOICES, INITS, LABEL_LOSS_CHOICES, MODELS, SOLVER_CHOICES  # noqa: E402
 
 
 def _ranks(text):
@@ -245,9 +245,9 @@ FIT_OPTION_MODELS = {
     "init": ("nmf", "ssnmf", "hierarchical", "deep"),
     "pool_size": ("deep",),
     "backprop_iter": ("deep",),
-    "solver": ("nmf", "ssnmf", "hierarchical"),
+    "solver": ("nmf", "ssnmf", "hierarchical", "deep"),
     "beta_loss": ("nmf", "ssnmf", "hierarchical"),
-    "label_loss": ("ssnmf", "hierarchical", "neural"),
+    "label_loss": ("ssnmf", "hierarchical", "deep", "neural"),
 }
 
 
@@ -284,7 +284,8 @@ def _make_model(args):
         return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
     if args.model == "deep":
         return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
-                              backprop_iter=args.backprop_iter, **common)
+                              backprop_iter=args.backprop_iter, label_loss=args.label_loss, solver=args.solver,
+                              **common)
     # Neural NMF has its own optimiser (epochs) and a Frobenius data term; its label term may be either
     return models.NeuralNMF(ranks, lam=args.lam, label_loss=args.label_loss, epochs=args.max_iter, tol=args.tol,
                             random_state=args.seed)
@@ -597,12 +598,14 @@ def build_parser(fit_defaults=None):
     pf.add_argument("--init", default="nndsvda", choices=INITS,
                     help="start of the factors: nndsvd(a) (SVD based, deterministic) or random (seeded by --seed); "
                     "nmf, ssnmf, hierarchical, deep (default nndsvda)")
-    pf.add_argument("--solver", default="mu", choices=("mu", "hals", "anls"),
-                    help="update rule: multiplicative (mu, default), HALS, or exact NNLS (anls); nmf, ssnmf, hierarchical")
-    pf.add_argument("--beta-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl"),
+    pf.add_argument("--solver", default="mu", choices=SOLVER_CHOICES,
+                    help="update rule: multiplicative (mu, default), HALS, or exact NNLS (anls); nmf, ssnmf, hierarchical, "
+                    "deep (its forward layers)")
+    pf.add_argument("--beta-loss", default="frobenius", choices=BETA_LOSS_CHOICES,
                     help="data term: squared Frobenius (default) or generalized Kullback-Leibler; nmf, ssnmf, hierarchical")
-    pf.add_argument("--label-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl", "cross-entropy"),
-                    help="label term: squared error (default), KL, or softmax cross-entropy; ssnmf, hierarchical, neural")
+    pf.add_argument("--label-loss", default="frobenius", choices=LABEL_LOSS_CHOICES,
+                    help="label term: squared error (default), KL, or softmax cross-entropy; ssnmf, hierarchical, deep "
+                    "(forward pass and backpropagation), neural")
     pf.add_argument("--max-iter", type=int, default=200, help="maximum iterations (per layer; neural: epochs; default 200)")
     pf.add_argument("--tol", type=float, default=1e-4,
                     help="stop when the objective's relative decrease over one iteration is below this (default 1e-4)")

@@ -125,9 +125,11 @@ def paper_pool_labels(y, groups, p, stride):
     return np.array(out)
 
 
-def paper_backprop_sweep(X, S_list, A_list, W, groups, p, stride, B, y, lam):
+def paper_backprop_sweep(X, S_list, A_list, W, groups, p, stride, B, y, lam, s_last=None, b_update=None):
     """Algorithm 3 / eq. (4), in our order: S[0..L] bottom-up (Jacobian at the current S[l],
-    X_{l+1} ← p(S[l]) after the update), then every A[l] and B at the new S's."""
+    X_{l+1} ← p(S[l]) after the update), then every A[l] and B at the new S's.
+    ``s_last``/``b_update``: other label terms' updates (default: the paper's squared error)."""
+    s_last, b_update = s_last or paper_S_last, b_update or paper_B
     L = len(A_list) - 1
     S_new = [s.copy() for s in S_list]
     Xl, g, yl = X, groups, y
@@ -145,10 +147,10 @@ def paper_backprop_sweep(X, S_list, A_list, W, groups, p, stride, B, y, lam):
             Xl, g = Xn, g_next
         else:
             Y, Lm = paper_label_matrices(yl, B.shape[0])
-            S_new[l] = paper_S_last(A_list[l], Xl, S_new[l], Wl, B, Y, Lm, lam)
+            S_new[l] = s_last(A_list[l], Xl, S_new[l], Wl, B, Y, Lm, lam)
     A_new = [paper_A(A_list[l], inputs[l][0], S_new[l], inputs[l][1]) for l in range(L + 1)]
     Y, Lm = paper_label_matrices(yl, B.shape[0])
-    return S_new, A_new, paper_B(B, S_new[L], Y, Lm)
+    return S_new, A_new, b_update(B, S_new[L], Y, Lm)
 
 
 # ============================================================================ fixtures

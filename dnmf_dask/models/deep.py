@@ -25,6 +25,7 @@ from ..kernels.deep import apply_backprop_update, backprop_chunk_step, energy_pa
 from ..kernels.masked import nnls_rows_missing
 from ..kernels.nmf import split_missing
 from ..kernels.pooling import max_pool, pool_labels, pool_windows
+from ..kernels.solvers import canonical_loss
 from ..parallel.blocks import Blocks
 from ..parallel.mapreduce import map_reduce
 from ..parallel.scheduler import scheduler_context
@@ -68,19 +69,19 @@ def _unflatten_stats(flat, n_layers):
     return {"A": A, "B": B or None, "energy": flat["energy"]}
 
 
-def _backprop_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+def _backprop_task(X, W, y, g, S_list, *, As, B, lam, label_loss, pool_size, stride):
     X, W = split_missing(X, W)  # NaN entries of dense X are missing: into the mask the kernels take
     S_new, stats = backprop_chunk_step(
         X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
-        B=B, y=y if B is not None else None, lam=lam,
+        B=B, y=y if B is not None else None, lam=lam, label_loss=label_loss,
     )
     return S_new, _flatten_stats(stats)
 
 
-def _energy_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+def _energy_task(X, W, y, g, S_list, *, As, B, lam, label_loss, pool_size, stride):
     X, W = split_missing(X, W)
     parts = energy_parts(X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
-                         B=B, y=y if B is not None else None, lam=lam)
+                         B=B, y=y if B is not None else None, lam=lam, label_loss=label_loss)
     return None, {"energy": parts}
 
 
@@ -116,6 +117,14 @@ class DeepNMF(HierarchicalNMF):
         pooled with :func:`~dnmf_dask.kernels.pooling.pool_labels`).
     lam : float, default 1.0
         Weight of the label term on the last layer when ``fit`` gets labels.
+    label_loss : {'frobenius', 'kullback-leibler' (alias 'kl'), 'cross-entropy' (alias 'ce')}, default 'frobenius'
+        Label term ``lam/2 · D_Y(Y, S_L Bᵀ)`` of the last layer, in the forward pass (SSNMF with that
+        label loss) and in the backpropagation: the paper's squared error ``||L⊙(Y − S_L Bᵀ)||²``, the
+        I-divergence, or the cross-entropy of softmax(S_L Bᵀ) over the labeled samples
+        (:func:`~dnmf_dask.kernels.deep.label_energy`).
+    solver : {'mu', 'hals', 'anls'}, default 'mu'
+        Update rule of every forward layer, as for :class:`HierarchicalNMF` ('hals' and 'anls' need the
+        Frobenius label loss and fully observed X).
     backprop_iter : int, default 0
         Iterations of backpropagation (Algorithm 3) after the forward pass.
     init_B : {'lstsq', 'random'}, default 'lstsq'
@@ -129,7 +138,7 @@ class DeepNMF(HierarchicalNMF):
     A_, B_, classes_, layer_history_, layer_n_iter_, layer_stop_reason_ : as in HierarchicalNMF
     history_ : backpropagation history, per iteration: ``energy`` (E at the new S and the A, B of
         that iteration), ``energy_layers`` (array (L+1,) of the per-layer reconstruction terms),
-        ``loss_Y`` (the label term lam/2||L⊙(Y − S_L Bᵀ)||²) and ``rel_change`` (|ΔE|/E); plus
+        ``loss_Y`` (the label term lam/2 · D_Y(Y, S_L Bᵀ)) and ``rel_change`` (|ΔE|/E); plus
         ``energy_final`` (one number: E at the final S, A, B). Without backpropagation it is the last
         forward layer's history (as in HierarchicalNMF).
     n_iter_, stop_reason_ : backpropagation iterations and why it stopped ('tol' / 'max_iter');
@@ -139,7 +148,9 @@ class DeepNMF(HierarchicalNMF):
 
     def __init__(self, ranks=(10, 5), *, pool_size=0, stride=1, lam=1.0, backprop_iter=0, init="nndsvda",
                  init_B="lstsq", max_iter=200, tol=1e-4, random_state=None, chunk_rows=None, scheduler=None,
-                 persist="auto", verbose=0):
+                 persist="auto", verbose=0, label_loss="frobenius", solver="mu"):
+        self.label_loss = label_loss
+        self.solver = solver
         self.ranks = ranks
         self.pool_size = pool_size
         self.stride = stride
@@ -233,6 +244,7 @@ class DeepNMF(HierarchicalNMF):
         L1 = len(self.A_)
         B = self.B_
         lam = float(self.lam) if B is not None else 0.0
+        label_loss = canonical_loss(self.label_loss)
         W_parts = blocks.W or [None] * blocks.n_blocks
         y_parts = blocks.split(codes) if B is not None else [None] * blocks.n_blocks
         g_parts = blocks.split(g)
@@ -243,7 +255,7 @@ class DeepNMF(HierarchicalNMF):
         for it in range(1, int(self.backprop_iter) + 1):
             per_block = list(zip(blocks.X, W_parts, y_parts, g_parts, S_blocks))
             S_blocks, st = map_reduce(_backprop_task, per_block, As=dask.delayed(As), B=B, lam=lam,
-                                      pool_size=pool_size, stride=stride)
+                                      label_loss=label_loss, pool_size=pool_size, stride=stride)
             stats = _unflatten_stats(st, L1)
             As, B = apply_backprop_update(As, B, stats)
             parts = np.asarray(stats["energy"], dtype=np.float64)
@@ -262,7 +274,7 @@ class DeepNMF(HierarchicalNMF):
                 break
         per_block = list(zip(blocks.X, W_parts, y_parts, g_parts, S_blocks))
         _, st = map_reduce(_energy_task, per_block, keep_outputs=False, As=dask.delayed(As), B=B, lam=lam,
-                           pool_size=pool_size, stride=stride)
+                           label_loss=label_loss, pool_size=pool_size, stride=stride)
         hist["energy_final"] = float(np.sum(st["energy"]))
         self.A_ = As
         self.B_ = B
