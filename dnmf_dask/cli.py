@@ -228,7 +228,8 @@ def _read_array_file(p):
 
 
 # -- fit / predict --------------------------------------------------------------------------
-from .config import BETA_LOSS_CHOICES, INITS, LABEL_LOSS_CHOICES, MODELS, SOLVER_CHOICES  # noqa: E402
+from .config import (BACKPROP_SOLVER_CHOICES, BETA_LOSS_CHOICES, INITS, LABEL_LOSS_CHOICES, MODELS,  # noqa: E402
+                     SOLVER_CHOICES)
 
 
 def _ranks(text):
@@ -245,6 +246,7 @@ FIT_OPTION_MODELS = {
     "init": ("nmf", "ssnmf", "hierarchical", "deep"),
     "pool_size": ("deep",),
     "backprop_iter": ("deep",),
+    "backprop_solver": ("deep",),
     "solver": ("nmf", "ssnmf", "hierarchical", "deep"),
     "beta_loss": ("nmf", "ssnmf", "hierarchical"),
     "label_loss": ("ssnmf", "hierarchical", "deep", "neural"),
@@ -285,6 +287,7 @@ def _make_model(args):
     if args.model == "deep":
         return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
                               backprop_iter=args.backprop_iter, label_loss=args.label_loss, solver=args.solver,
+                              backprop_solver=args.backprop_solver,
                               **common)
     # Neural NMF has its own optimiser (epochs) and a Frobenius data term; its label term may be either
     return models.NeuralNMF(ranks, lam=args.lam, label_loss=args.label_loss, epochs=args.max_iter, tol=args.tol,
@@ -593,6 +596,9 @@ def build_parser(fit_defaults=None):
                     help="deep: max-pooling window over consecutive samples (paragraphs, frames) of a group (0 = none)")
     pf.add_argument("--backprop-iter", type=int, default=0,
                     help="deep: iterations of backpropagation (eq. 4) through all layers after the forward pass (default 0)")
+    pf.add_argument("--backprop-solver", default="mu", choices=BACKPROP_SOLVER_CHOICES,
+                    help="deep: update rule of the backpropagation, the paper's multiplicative updates (mu, default) or "
+                    "HALS with the pooling Jacobian frozen (squared-error label loss, no missing data)")
     pf.add_argument("--lam", type=float, default=1.0,
                     help="weight of the label term against the data term (ssnmf, hierarchical, deep, neural; default 1)")
     pf.add_argument("--init", default="nndsvda", choices=INITS,

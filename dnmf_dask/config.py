@@ -13,6 +13,7 @@ override the file. Example::
     backprop_iter = 20
     label_loss = "cross-entropy"   # or "frobenius" (default), "kullback-leibler" / "kl"
     solver = "mu"          # forward layers: "mu", "hals" or "anls"
+    backprop_solver = "mu" # backpropagation: "mu" (eq. (4)) or "hals"
     random_state = 0       # or "seed"
     scheduler = "local"
 
@@ -37,6 +38,7 @@ MODELS = ("nmf", "ssnmf", "hierarchical", "deep", "neural")
 INITS = ("random", "nndsvd", "nndsvda")
 #: the choices of ``dnmf fit --solver / --beta-loss / --label-loss``
 SOLVER_CHOICES = ("mu", "hals", "anls")
+BACKPROP_SOLVER_CHOICES = ("mu", "hals")
 BETA_LOSS_CHOICES = ("frobenius", "kullback-leibler", "kl")
 LABEL_LOSS_CHOICES = ("frobenius", "kullback-leibler", "kl", "cross-entropy")
 
@@ -67,6 +69,8 @@ FIT_KEYS = {
     "pool_size": ("pool_size", _int, "an integer"),
     "backprop_iter": ("backprop_iter", _int, "an integer"),
     "solver": ("solver", lambda v: v in SOLVER_CHOICES, f"one of {list(SOLVER_CHOICES)}"),
+    "backprop_solver": ("backprop_solver", lambda v: v in BACKPROP_SOLVER_CHOICES,
+                        f"one of {list(BACKPROP_SOLVER_CHOICES)}"),
     "beta_loss": ("beta_loss", lambda v: v in BETA_LOSS_CHOICES, f"one of {list(BETA_LOSS_CHOICES)}"),
     "label_loss": ("label_loss", lambda v: v in LABEL_LOSS_CHOICES, f"one of {list(LABEL_LOSS_CHOICES)}"),
     "scheduler": ("scheduler", lambda v: isinstance(v, str), "a string ('local', 'threads', 'synchronous' or an address)"),
@@ -76,7 +80,7 @@ FIT_KEYS = {
 
 
 #: keys whose value is one of a set of strings (a wrong string is a value error, not a type error)
-_CHOICE_KEYS = ("model", "init", "solver", "beta_loss", "label_loss")
+_CHOICE_KEYS = ("model", "init", "solver", "backprop_solver", "beta_loss", "label_loss")
 
 
 def _describe(v):

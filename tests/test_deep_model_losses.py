@@ -39,6 +39,23 @@ def test_one_backprop_iteration_with_label_loss_equals_the_kernel(rng, label_los
     assert not np.allclose(apply_backprop_update(dbg["forward_A"], dbg["forward_B"], st_fro)[1], m.B_)
 
 
+def test_one_hals_backprop_iteration_equals_the_kernel(rng):
+    X, g, _, ym = _semi(rng)
+    m = DeepNMF((5, 4, 3), pool_size=3, lam=0.7, backprop_iter=1, max_iter=8, tol=0, random_state=2,
+                chunk_rows=20, scheduler="threads", backprop_solver="hals")
+    dbg = m._fit_deep(X, ym, groups=g, observed=None, debug=True)
+    S_list = [_gather(p) for p in dbg["forward_S"]]
+    kw = dict(groups=g, pool_size=3, B=dbg["forward_B"], y=ym, lam=0.7)
+    S_new, stats = backprop_chunk_step(X, S_list, dbg["forward_A"], solver="hals", **kw)
+    A_exp, B_exp = apply_backprop_update(dbg["forward_A"], dbg["forward_B"], stats, solver="hals")
+    for Am, Ae in zip(m.A_ + [m.B_], A_exp + [B_exp]):
+        np.testing.assert_allclose(Am, Ae, rtol=1e-8, atol=1e-12)
+    for Sm, Se in zip(dbg["S"], S_new):
+        np.testing.assert_allclose(_gather(Sm), Se, rtol=1e-8, atol=1e-12)
+    S_mu, _ = backprop_chunk_step(X, S_list, dbg["forward_A"], **kw)  # the choice is honoured
+    assert not np.allclose(S_mu[0], S_new[0])
+
+
 @pytest.mark.parametrize("opts", [dict(label_loss="kl"), dict(label_loss="cross-entropy"), dict(solver="hals"),
                                   dict(solver="anls")])
 def test_forward_pass_is_hierarchical_nmf_with_the_same_options(rng, opts):
@@ -73,6 +90,16 @@ def test_option_errors(rng):
         DeepNMF((4, 2), solver="sgd", scheduler="threads").fit(X, ym, groups=g)
     with pytest.raises(DNMFValueError, match="solver: expected 'mu' for label_loss='kl'"):
         DeepNMF((4, 2), solver="hals", label_loss="kl", scheduler="threads").fit(X, ym, groups=g)
+    for bad in ("anls", "sgd", None):
+        with pytest.raises(DNMFValueError, match=r"backprop_solver: expected one of \['mu', 'hals'\]"):
+            DeepNMF((4, 2), backprop_solver=bad, backprop_iter=2, scheduler="threads").fit(X, ym, groups=g)
+    with pytest.raises(DNMFValueError, match="backprop_solver: expected 'mu' for label_loss='ce'"):
+        DeepNMF((4, 2), backprop_solver="hals", label_loss="ce", scheduler="threads").fit(X, ym, groups=g)
+    Xn = X.copy()
+    Xn[0, 0] = np.nan
+    with pytest.raises(DNMFValueError, match="backprop_solver: expected 'mu' for data with missing entries"):
+        DeepNMF((4, 2), backprop_solver="hals", backprop_iter=2, max_iter=3,
+                scheduler="synchronous").fit(Xn, ym, groups=g)
 
 
 def test_cli_and_config_pass_the_label_loss_and_solver(tmp_path, rng):
@@ -94,6 +121,11 @@ def test_cli_and_config_pass_the_label_loss_and_solver(tmp_path, rng):
     assert type(m).__name__ == "DeepNMF" and m.label_loss == "cross-entropy" and m.n_iter_ == 2
     assert main(["fit", str(corpus.path), str(tmp_path / "m2.zarr"), "--config", str(cfg), "--label-loss", "kl",
                  "--solver", "anls"]) == 2  # anls + kl refused by the estimator, in one line
+    assert main(["fit", str(corpus.path), str(tmp_path / "m4.zarr"), "--config", str(cfg), "--label-loss",
+                 "frobenius", "--backprop-solver", "hals"]) == 0
+    assert load_model(tmp_path / "m4.zarr").backprop_solver == "hals"
+    assert main(["fit", str(corpus.path), str(tmp_path / "m5.zarr"), "--model", "hierarchical",
+                 "--backprop-solver", "hals"]) == 2  # does not apply to that model
     bad = tmp_path / "bad.toml"
     bad.write_text('model = "deep"\nlabel_loss = "hinge"\n')
     assert main(["fit", str(corpus.path), str(tmp_path / "m3.zarr"), "--config", str(bad)]) == 2

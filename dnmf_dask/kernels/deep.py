@@ -44,11 +44,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import DNMFTypeError, DNMFValueError
-from .pooling import apply_pool_index, max_pool, max_pool_backward, pool_labels
-from .solvers import LABEL_LOSSES, LOSS_ALIASES, canonical_loss, label_stats, label_term, weight
+from .pooling import apply_pool_index, max_pool, max_pool_backward, pool_counts, pool_labels
+from .solvers import (LABEL_LOSSES, LOSS_ALIASES, canonical_loss, label_stats, label_term, ls_S_update, update_A,
+                      update_B, weight)
 
 __all__ = [
     "DEFAULT_EPS",
+    "BACKPROP_SOLVERS",
     "LayerInput",
     "one_hot",
     "reconstruction_energy",
@@ -69,6 +71,10 @@ __all__ = [
 
 #: Lower bound on every multiplicative-update denominator (guards 0/0 and x/0).
 DEFAULT_EPS = 1e-10
+
+#: update rules of the backpropagation: eq. (4)'s multiplicative updates (the paper's) or HALS
+#: (exact coordinate minimisation of the same energy with the pooling Jacobian frozen)
+BACKPROP_SOLVERS = ("mu", "hals")
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -137,6 +143,22 @@ def _check_label_loss(label_loss):
         allowed = sorted(LABEL_LOSSES + tuple(a for a, v in LOSS_ALIASES.items() if v in LABEL_LOSSES))
         raise DNMFValueError(f"label_loss: expected one of {allowed}, found {label_loss!r}")
     return name
+
+
+def _check_backprop_solver(solver, label_loss, W):
+    """'mu' or 'hals'; HALS needs the squared-error label term and fully observed X."""
+    if solver not in BACKPROP_SOLVERS:
+        why = " (exact NNLS would need one Gram matrix per sample: the pooling adds J_cᵀJ_c to each row's)" \
+            if solver == "anls" else ""
+        raise DNMFValueError(f"solver: expected one of {list(BACKPROP_SOLVERS)} for the backpropagation{why}, "
+                             f"found {solver!r}")
+    if solver == "hals" and label_loss != "frobenius":
+        raise DNMFValueError(f"solver: expected 'mu' for label_loss={label_loss!r} (HALS minimises the squared-error "
+                             f"label term), found 'hals'")
+    if solver == "hals" and W is not None:
+        raise DNMFValueError("solver: expected 'mu' for data with missing entries (observed=), found 'hals' "
+                             "(its Gram matrix is shared by all rows)")
+    return solver
 
 
 def _check_observed(W, shape):
@@ -444,6 +466,47 @@ def _s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
     return (S * _div(num, den, eps)).astype(S.dtype, copy=False), XA
 
 
+def _hals_sweep_diag(S, G, C, D):
+    """Exact coordinate minimisation of ``Σ_i ½ s_i G s_iᵀ − c_i s_iᵀ + ½ Σ_t D[i,t] s_it²`` column
+    by column (in order), in place: the HALS of a layer whose rows are coupled to the layer above
+    through a frozen max-pooling Jacobian (``D = Jᵀ1``, the counts; ``JᵀJ`` is diagonal)."""
+    for t in range(S.shape[1]):
+        grad = S @ G[:, t] - C[:, t] + D[:, t] * S[:, t]
+        hess = G[t, t] + D[:, t]
+        nz = hess > 0
+        S[nz, t] = np.maximum(S[nz, t] - grad[nz] / hess[nz], 0.0)
+    return S
+
+
+def _s_update_hals(X, S, A, *, pool_index=None, S_up=None, A_up=None, B=None, y=None, lam=0.0):
+    """One HALS sweep of a layer's S (no mask) for the energy of :func:`energy_parts`.
+
+    Intermediate layers (``pool_index``, ``S_up``, ``A_up`` as in :func:`s_update`): the pooling is
+    frozen at ``pool_index`` (the surrogate that eq. (4)'s MU majorises too), so the coupling term
+    ``½||J S − S_up A_upᵀ||²`` adds ``Jᵀ(S_up A_upᵀ)`` to the linear term and the counts ``Jᵀ1``
+    to each entry's curvature. Last layer with labels: SSNMF's HALS
+    (:func:`~dnmf_dask.kernels.solvers.ls_S_update`) of ``½||X − S Aᵀ||² + lam/2||L⊙(Y − S Bᵀ)||²``.
+    Returns ``(S_new, X @ A)``.
+    """
+    XA = _mm(X, A)
+    AtA = A.T.astype(np.float64) @ A
+    if pool_index is not None:
+        n, k = S.shape
+        index = np.asarray(pool_index)
+        if index.shape != (S_up.shape[0], k):
+            raise DNMFValueError(
+                f"pool_index: expected shape ({S_up.shape[0]}, {k}) (samples of the layer above, k), found {index.shape}"
+            )
+        C = XA + max_pool_backward(S_up @ A_up.T, index, n)
+        S_new = _hals_sweep_diag(np.array(S, dtype=np.float64), AtA, C, pool_counts(index, n))
+    elif B is not None and y is not None and lam > 0:
+        Y, labeled = one_hot(_check_labels(y, S.shape[0], B.shape[0]), B.shape[0])
+        S_new = ls_S_update(S, XA, AtA, solver="hals", Y=Y, labeled=labeled, B=B.astype(np.float64), lam=lam)
+    else:
+        S_new = ls_S_update(S, XA, AtA, solver="hals")
+    return S_new.astype(S.dtype, copy=False), XA
+
+
 # --------------------------------------------------------------------------- (b) statistics
 
 def a_stats(X, S, A=None, *, observed=None):
@@ -575,7 +638,7 @@ def layer_chunk_step(X, S, A, *, observed=None, B=None, y=None, lam=0.0, label_l
 
 def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1, keep_size=False,
                         observed=None, B=None, y=None, lam=0.0, label_loss="frobenius", eps=DEFAULT_EPS,
-                        compute_energy=True):
+                        compute_energy=True, solver="mu"):
     """One sweep of deep NMF with backpropagation (Algorithm 3 / eq. (4)) over one chunk.
 
     For ``l = 0 .. L-1`` (bottom-up, as in Algorithm 3): pool S[l] to get the Jacobian at the
@@ -585,7 +648,10 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
 
     X (n, n_features) the chunk, S_list[l] (n_l, k_l), A_list[l] (d_l, k_l), groups (n,),
     observed (mask of X, layer 0 only), B (C, k_L), y (n,) labels of the rows of X, label_loss
-    of the last layer's label term (see :func:`label_energy`).
+    of the last layer's label term (see :func:`label_energy`). ``solver``: ``"mu"`` (eq. (4), the
+    paper's rule) or ``"hals"`` (exact coordinate minimisation of E per column of each S[l], the
+    pooling Jacobian frozen at the current S[l]; squared-error label term, no mask). The driver
+    must then use the same solver in :func:`apply_backprop_update`.
 
     Returns ``(S_new_list, stats)`` with ``stats = {"A": [a_stats per layer], "B": b_stats or
     None, "energy": float64 (L+2,) energy_parts at the new S and the current A, B}``.
@@ -597,6 +663,7 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
     n = X.shape[0]
     groups = _default_groups(groups, n, pool_size)
     W0 = _check_observed(observed, X.shape)
+    solver = _check_backprop_solver(solver, _check_label_loss(label_loss), W0)
     S_new = list(S_list)
     Xl, gl, yl = X, np.asarray(groups), (None if y is None else np.asarray(y))
     inputs, XAs = [], []
@@ -606,15 +673,26 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
         inputs.append((Xl, yl))
         if l < L:
             _, index, _ = max_pool(S, gl, pool_size, stride, keep_size)
-            S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, pool_index=index,
-                                     S_up=S_list[l + 1], A_up=A_list[l + 1], eps=eps)
+            if solver == "hals":
+                A_up = _check_dense(A_list[l + 1], f"A[{l + 1}]", (S.shape[1], None))
+                S_up = _check_dense(S_list[l + 1], f"S[{l + 1}]", (None, A_up.shape[1]))
+                S_new[l], XA = _s_update_hals(Xl, S, _check_dense(A_list[l], f"A[{l}]", (Xl.shape[1], S.shape[1])),
+                                              pool_index=index, S_up=S_up, A_up=A_up)
+            else:
+                S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, pool_index=index,
+                                         S_up=S_list[l + 1], A_up=A_list[l + 1], eps=eps)
             P, _, g_next = max_pool(S_new[l], gl, pool_size, stride, keep_size)
             if yl is not None:
                 yl = pool_labels(yl, gl, pool_size, stride, keep_size)
             Xl, gl = P, g_next
         else:
-            S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, B=B, y=yl, lam=lam, label_loss=label_loss,
-                                     eps=eps)
+            if solver == "hals":
+                S_new[l], XA = _s_update_hals(Xl, S, _check_dense(A_list[l], f"A[{l}]", (Xl.shape[1], S.shape[1])),
+                                              B=None if B is None else _check_dense(B, "B", (None, S.shape[1])),
+                                              y=yl, lam=_check_lam(lam))
+            else:
+                S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, B=B, y=yl, lam=lam, label_loss=label_loss,
+                                         eps=eps)
         XAs.append(XA)
     stats = {
         "A": [a_stats(inputs[l][0], S_new[l], A_list[l], observed=W0 if l == 0 else None)
@@ -633,14 +711,28 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
     return S_new, stats
 
 
-def apply_backprop_update(A_list, B, stats, eps=DEFAULT_EPS):
+def apply_backprop_update(A_list, B, stats, eps=DEFAULT_EPS, solver="mu"):
     """Driver side of :func:`backprop_chunk_step`: ``(A_new_list, B_new)`` from the summed stats.
 
     Every A[l] is updated from its own statistics (the A blocks are separable given the S's);
-    B is updated if ``stats["B"]`` is not None, else returned unchanged.
+    B is updated if ``stats["B"]`` is not None, else returned unchanged. ``solver="mu"``:
+    eq. (4)'s multiplicative updates; ``"hals"``: one HALS sweep of every A[l] and of B on the
+    same statistics (:func:`~dnmf_dask.kernels.solvers.update_A` / ``update_B``; unmasked,
+    squared-error label term).
     """
     if len(stats["A"]) != len(A_list):
         raise DNMFValueError(f"stats: expected A statistics for {len(A_list)} layers, found {len(stats['A'])}")
+    if solver == "hals":
+        if any("StS" not in st for st in stats["A"]) or (stats.get("B") is not None and "StS" not in stats["B"]):
+            raise DNMFValueError("stats: expected unmasked statistics with the squared-error label term for "
+                                 "solver='hals' (XtS, StS; YtS, StS), found others")
+        A_new = [update_A(A, st, loss="frobenius", solver="hals") for A, st in zip(A_list, stats["A"])]
+        if B is None or stats.get("B") is None:
+            return A_new, B
+        st = {"YtS": stats["B"]["YtS"], "StS_L": stats["B"]["StS"]}
+        return A_new, update_B(B, st, label_loss="frobenius", solver="hals")
+    if solver != "mu":
+        _check_backprop_solver(solver, "frobenius", None)
     A_new = [apply_a_update(A, st, eps) for A, st in zip(A_list, stats["A"])]
     B_new = B if (B is None or stats.get("B") is None) else apply_b_update(B, stats["B"], eps)
     return A_new, B_new
