@@ -465,7 +465,8 @@ def cmd_select_ranks(args):
     corpus = open_corpus(args.corpus)
     with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
         res = select_ranks(corpus, args.candidates, method=args.method, n_layers=args.layers, n_restarts=args.restarts,
-                           random_state=args.seed, max_iter=args.max_iter, max_samples=args.max_samples)
+                           random_state=args.seed, max_iter=args.max_iter, max_samples=args.max_samples,
+                           min_silhouette=args.min_silhouette, max_error=args.max_error)
     print(res.to_text())
     for path, write in ((args.csv, res.to_csv), (args.plot, res.plot)):
         if path:
@@ -660,7 +661,13 @@ def build_parser(fit_defaults=None):
     pr.add_argument("--candidates", type=_candidates, default=list(range(2, 11)), help="ranks to try, e.g. 2-12 or 5,10,20")
     pr.add_argument("--method", choices=("elbow", "stability"), default="elbow")
     pr.add_argument("--layers", type=int, default=1, help="layers of a hierarchy to select (each on the previous S)")
-    pr.add_argument("--restarts", type=int, default=8, help="seeded restarts per candidate (parallel tasks)")
+    pr.add_argument("--restarts", type=int, default=None,
+                    help="seeded restarts per candidate (parallel tasks; default 8 for elbow, 12 for stability)")
+    pr.add_argument("--min-silhouette", type=float, default=0.2,
+                    help="stability: the largest rank whose least reproducible component has at least this mean "
+                    "silhouette (NMFk; default 0.2)")
+    pr.add_argument("--max-error", type=float, default=None,
+                    help="stability: also require a relative error of at most this")
     pr.add_argument("--max-iter", type=int, default=300)
     pr.add_argument("--max-samples", type=int, default=None, help="use a random subset of rows")
     pr.add_argument("--seed", type=int, default=0)
