@@ -228,7 +228,8 @@ def _read_array_file(p):
 
 
 # -- fit / predict --------------------------------------------------------------------------
-from .config import INITS, MODELS  # noqa: E402
+from .config import (BACKPROP_SOLVER_CHOICES, BETA_LOSS_CHOICES, INITS, LABEL_LOSS_CHOICES, MODELS,  # noqa: E402
+                     SOLVER_CHOICES)
 
 
 def _ranks(text):
@@ -245,9 +246,10 @@ FIT_OPTION_MODELS = {
     "init": ("nmf", "ssnmf", "hierarchical", "deep"),
     "pool_size": ("deep",),
     "backprop_iter": ("deep",),
-    "solver": ("nmf", "ssnmf", "hierarchical"),
+    "backprop_solver": ("deep",),
+    "solver": ("nmf", "ssnmf", "hierarchical", "deep"),
     "beta_loss": ("nmf", "ssnmf", "hierarchical"),
-    "label_loss": ("ssnmf", "hierarchical", "neural"),
+    "label_loss": ("ssnmf", "hierarchical", "deep", "neural"),
 }
 
 
@@ -284,7 +286,9 @@ def _make_model(args):
         return models.HierarchicalNMF(ranks, lam=args.lam, init=args.init, label_loss=args.label_loss, **losses, **common)
     if args.model == "deep":
         return models.DeepNMF(ranks, lam=args.lam, init=args.init, pool_size=args.pool_size,
-                              backprop_iter=args.backprop_iter, **common)
+                              backprop_iter=args.backprop_iter, label_loss=args.label_loss, solver=args.solver,
+                              backprop_solver=args.backprop_solver,
+                              **common)
     # Neural NMF has its own optimiser (epochs) and a Frobenius data term; its label term may be either
     return models.NeuralNMF(ranks, lam=args.lam, label_loss=args.label_loss, epochs=args.max_iter, tol=args.tol,
                             random_state=args.seed)
@@ -461,7 +465,8 @@ def cmd_select_ranks(args):
     corpus = open_corpus(args.corpus)
     with scheduler_context(_resolve_scheduler(args), n_workers=args.workers, threads_per_worker=1):
         res = select_ranks(corpus, args.candidates, method=args.method, n_layers=args.layers, n_restarts=args.restarts,
-                           random_state=args.seed, max_iter=args.max_iter, max_samples=args.max_samples)
+                           random_state=args.seed, max_iter=args.max_iter, max_samples=args.max_samples,
+                           min_silhouette=args.min_silhouette, max_error=args.max_error)
     print(res.to_text())
     for path, write in ((args.csv, res.to_csv), (args.plot, res.plot)):
         if path:
@@ -592,17 +597,22 @@ def build_parser(fit_defaults=None):
                     help="deep: max-pooling window over consecutive samples (paragraphs, frames) of a group (0 = none)")
     pf.add_argument("--backprop-iter", type=int, default=0,
                     help="deep: iterations of backpropagation (eq. 4) through all layers after the forward pass (default 0)")
+    pf.add_argument("--backprop-solver", default="mu", choices=BACKPROP_SOLVER_CHOICES,
+                    help="deep: update rule of the backpropagation, the paper's multiplicative updates (mu, default) or "
+                    "HALS with the pooling Jacobian frozen (squared-error label loss, no missing data)")
     pf.add_argument("--lam", type=float, default=1.0,
                     help="weight of the label term against the data term (ssnmf, hierarchical, deep, neural; default 1)")
     pf.add_argument("--init", default="nndsvda", choices=INITS,
                     help="start of the factors: nndsvd(a) (SVD based, deterministic) or random (seeded by --seed); "
                     "nmf, ssnmf, hierarchical, deep (default nndsvda)")
-    pf.add_argument("--solver", default="mu", choices=("mu", "hals", "anls"),
-                    help="update rule: multiplicative (mu, default), HALS, or exact NNLS (anls); nmf, ssnmf, hierarchical")
-    pf.add_argument("--beta-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl"),
+    pf.add_argument("--solver", default="mu", choices=SOLVER_CHOICES,
+                    help="update rule: multiplicative (mu, default), HALS, or exact NNLS (anls); nmf, ssnmf, hierarchical, "
+                    "deep (its forward layers)")
+    pf.add_argument("--beta-loss", default="frobenius", choices=BETA_LOSS_CHOICES,
                     help="data term: squared Frobenius (default) or generalized Kullback-Leibler; nmf, ssnmf, hierarchical")
-    pf.add_argument("--label-loss", default="frobenius", choices=("frobenius", "kullback-leibler", "kl", "cross-entropy"),
-                    help="label term: squared error (default), KL, or softmax cross-entropy; ssnmf, hierarchical, neural")
+    pf.add_argument("--label-loss", default="frobenius", choices=LABEL_LOSS_CHOICES,
+                    help="label term: squared error (default), KL, or softmax cross-entropy; ssnmf, hierarchical, deep "
+                    "(forward pass and backpropagation), neural")
     pf.add_argument("--max-iter", type=int, default=200, help="maximum iterations (per layer; neural: epochs; default 200)")
     pf.add_argument("--tol", type=float, default=1e-4,
                     help="stop when the objective's relative decrease over one iteration is below this (default 1e-4)")
@@ -651,7 +661,13 @@ def build_parser(fit_defaults=None):
     pr.add_argument("--candidates", type=_candidates, default=list(range(2, 11)), help="ranks to try, e.g. 2-12 or 5,10,20")
     pr.add_argument("--method", choices=("elbow", "stability"), default="elbow")
     pr.add_argument("--layers", type=int, default=1, help="layers of a hierarchy to select (each on the previous S)")
-    pr.add_argument("--restarts", type=int, default=8, help="seeded restarts per candidate (parallel tasks)")
+    pr.add_argument("--restarts", type=int, default=None,
+                    help="seeded restarts per candidate (parallel tasks; default 8 for elbow, 12 for stability)")
+    pr.add_argument("--min-silhouette", type=float, default=0.2,
+                    help="stability: the largest rank whose least reproducible component has at least this mean "
+                    "silhouette (NMFk; default 0.2)")
+    pr.add_argument("--max-error", type=float, default=None,
+                    help="stability: also require a relative error of at most this")
     pr.add_argument("--max-iter", type=int, default=300)
     pr.add_argument("--max-samples", type=int, default=None, help="use a random subset of rows")
     pr.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,9 @@ override the file. Example::
     tol = 1e-4
     pool_size = 3          # "pool-size" is accepted too
     backprop_iter = 20
+    label_loss = "cross-entropy"   # or "frobenius" (default), "kullback-leibler" / "kl"
+    solver = "mu"          # forward layers: "mu", "hals" or "anls"
+    backprop_solver = "mu" # backpropagation: "mu" (eq. (4)) or "hals"
     random_state = 0       # or "seed"
     scheduler = "local"
 
@@ -33,6 +36,11 @@ from .errors import DNMFTypeError, DNMFValueError
 
 MODELS = ("nmf", "ssnmf", "hierarchical", "deep", "neural")
 INITS = ("random", "nndsvd", "nndsvda")
+#: the choices of ``dnmf fit --solver / --beta-loss / --label-loss``
+SOLVER_CHOICES = ("mu", "hals", "anls")
+BACKPROP_SOLVER_CHOICES = ("mu", "hals")
+BETA_LOSS_CHOICES = ("frobenius", "kullback-leibler", "kl")
+LABEL_LOSS_CHOICES = ("frobenius", "kullback-leibler", "kl", "cross-entropy")
 
 
 def _int(v):
@@ -60,10 +68,19 @@ FIT_KEYS = {
     "random_state": ("seed", _int, "an integer"),
     "pool_size": ("pool_size", _int, "an integer"),
     "backprop_iter": ("backprop_iter", _int, "an integer"),
+    "solver": ("solver", lambda v: v in SOLVER_CHOICES, f"one of {list(SOLVER_CHOICES)}"),
+    "backprop_solver": ("backprop_solver", lambda v: v in BACKPROP_SOLVER_CHOICES,
+                        f"one of {list(BACKPROP_SOLVER_CHOICES)}"),
+    "beta_loss": ("beta_loss", lambda v: v in BETA_LOSS_CHOICES, f"one of {list(BETA_LOSS_CHOICES)}"),
+    "label_loss": ("label_loss", lambda v: v in LABEL_LOSS_CHOICES, f"one of {list(LABEL_LOSS_CHOICES)}"),
     "scheduler": ("scheduler", lambda v: isinstance(v, str), "a string ('local', 'threads', 'synchronous' or an address)"),
     "workers": ("workers", _int, "an integer"),
     "overwrite": ("overwrite", lambda v: isinstance(v, bool), "true or false"),
 }
+
+
+#: keys whose value is one of a set of strings (a wrong string is a value error, not a type error)
+_CHOICE_KEYS = ("model", "init", "solver", "backprop_solver", "beta_loss", "label_loss")
 
 
 def _describe(v):
@@ -103,7 +120,7 @@ def load_fit_config(path) -> dict:
             raise DNMFValueError(f"config {str(p)!r}: key {raw_key!r}: expected once, found it also as {seen[dest]!r}")
         seen[dest] = raw_key
         if not check(value):
-            exc = DNMFValueError if isinstance(value, str) and key in ("model", "init") else DNMFTypeError
+            exc = DNMFValueError if isinstance(value, str) and key in _CHOICE_KEYS else DNMFTypeError
             raise exc(f"config {str(p)!r}: key {raw_key!r}: expected {expected}, found {_describe(value)}")
         out[dest] = tuple(int(r) for r in value) if key == "ranks" else value
     return out

@@ -29,7 +29,6 @@ IGNORED = [
     ("nmf", ["--lam", "2"]),
     ("nmf", ["--label-loss", "kl"]),
     ("deep", ["--beta-loss", "kl"]),
-    ("deep", ["--label-loss", "cross-entropy"]),
 ]
 
 

@@ -125,9 +125,13 @@ def paper_pool_labels(y, groups, p, stride):
     return np.array(out)
 
 
-def paper_backprop_sweep(X, S_list, A_list, W, groups, p, stride, B, y, lam):
+def paper_backprop_sweep(X, S_list, A_list, W, groups, p, stride, B, y, lam, s_last=None, b_update=None,
+                         s_mid=None, a_update=None):
     """Algorithm 3 / eq. (4), in our order: S[0..L] bottom-up (Jacobian at the current S[l],
-    X_{l+1} ← p(S[l]) after the update), then every A[l] and B at the new S's."""
+    X_{l+1} ← p(S[l]) after the update), then every A[l] and B at the new S's.
+    ``s_last``/``b_update``/``s_mid``/``a_update``: other rules (default: eq. (4)'s MU)."""
+    s_last, b_update = s_last or paper_S_last, b_update or paper_B
+    s_mid, a_update = s_mid or paper_S_mid, a_update or paper_A
     L = len(A_list) - 1
     S_new = [s.copy() for s in S_list]
     Xl, g, yl = X, groups, y
@@ -138,17 +142,17 @@ def paper_backprop_sweep(X, S_list, A_list, W, groups, p, stride, B, y, lam):
         inputs.append((Xl, Wl))
         if l < L:
             Xn_old, J, _ = paper_pool(S_new[l], g, p, stride)
-            S_new[l] = paper_S_mid(A_list[l], Xl, S_new[l], Wl, A_list[l + 1], S_list[l + 1], Xn_old, J)
+            S_new[l] = s_mid(A_list[l], Xl, S_new[l], Wl, A_list[l + 1], S_list[l + 1], Xn_old, J)
             Xn, _, g_next = paper_pool(S_new[l], g, p, stride)
             if stride > 1 and p > 1:
                 yl = paper_pool_labels(yl, g, p, stride)
             Xl, g = Xn, g_next
         else:
             Y, Lm = paper_label_matrices(yl, B.shape[0])
-            S_new[l] = paper_S_last(A_list[l], Xl, S_new[l], Wl, B, Y, Lm, lam)
-    A_new = [paper_A(A_list[l], inputs[l][0], S_new[l], inputs[l][1]) for l in range(L + 1)]
+            S_new[l] = s_last(A_list[l], Xl, S_new[l], Wl, B, Y, Lm, lam)
+    A_new = [a_update(A_list[l], inputs[l][0], S_new[l], inputs[l][1]) for l in range(L + 1)]
     Y, Lm = paper_label_matrices(yl, B.shape[0])
-    return S_new, A_new, paper_B(B, S_new[L], Y, Lm)
+    return S_new, A_new, b_update(B, S_new[L], Y, Lm)
 
 
 # ============================================================================ fixtures

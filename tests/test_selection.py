@@ -51,9 +51,58 @@ def test_scores():
     assert elbow_index([1, 2, 3, 4, 5], [10, 5, 1, 0.9, 0.8]) == 2
 
 
+def test_match_components_puts_one_column_of_each_restart_per_cluster(rng):
+    """NMFk's clustering with an outlier restart first (two components blended); the others are
+    permuted, rescaled, slightly noisy copies of C: every cluster holds the same true column of each
+    of them, and the outlier shows in the worst cluster's silhouette."""
+    from dnmf_dask.kernels.selection import match_components
+
+    f, k = 30, 4
+    C = rng.random((f, k)) ** 4
+    bad = C.copy()
+    bad[:, 0] = C[:, 0] + 0.9 * C[:, 1]
+    bad[:, 1] = C[:, 1] + 0.9 * C[:, 0]
+    As, truth = [bad], []
+    for _ in range(8):
+        p = rng.permutation(k)
+        As.append(C[:, p] * (1 + rng.random(k)) + 0.01 * rng.random((f, k)))
+        truth.append(p)
+    perms = match_components(As)
+    first = [truth[0][j] for j in perms[1]]
+    assert sorted(first) == list(range(k))
+    for p_true, perm in zip(truth, perms[1:]):
+        assert [p_true[j] for j in perm] == first
+    mean, worst = component_silhouette(As)
+    assert mean > 0.6 and worst < mean
+
+
+def test_stability_rule_is_the_largest_k_whose_worst_component_is_stable():
+    from dnmf_dask.models.selection import _choose
+
+    rows = [dict(k=k, silhouette=m, silhouette_min=w, rel_error=e)
+            for k, m, w, e in [(2, 1.0, 1.0, 0.5), (3, 0.9, -0.2, 0.4), (4, 0.8, 0.6, 0.1), (5, 0.95, 0.1, 0.09)]]
+    assert _choose(rows, "stability", 0.2, None) == 4  # k=5 has a high mean, but one component is not reproduced
+    assert _choose(rows, "stability", 0.05, None) == 5
+    assert _choose(rows, "stability", 0.05, None, max_error=0.095) == 5
+    assert _choose(rows, "stability", 0.05, None, max_error=0.095 - 0.01) == 2  # none passes: the most stable k
+    assert _choose(rows, "stability", 0.2, None, max_error=0.45) == 4
+
+
+def test_layers_above_compare_components_in_feature_space(rng):
+    from dnmf_dask.models.selection import _layer_rows
+
+    basis = rng.random((12, 5))
+    fits = [(rng.random((8, 3)), rng.random((5, 3)), 0.1) for _ in range(3)]
+    row = _layer_rows(1, [3], {3: fits}, basis)[0]
+    assert (row["silhouette"], row["silhouette_min"]) == pytest.approx(component_silhouette([basis @ A for _, A, _ in fits]))
+    assert row["silhouette"] != pytest.approx(component_silhouette([A for _, A, _ in fits])[0])
+
+
 @pytest.mark.parametrize("kw, name", [(dict(method="gap"), "method"), (dict(candidates=[0, 2]), "candidates"),
                                       (dict(candidates=[2, 500]), "candidates"), (dict(n_restarts=1), "n_restarts"),
-                                      (dict(perturbation=1.5), "perturbation"), (dict(solver="hals", beta_loss="kl"), "solver")])
+                                      (dict(perturbation=1.5), "perturbation"), (dict(solver="hals", beta_loss="kl"), "solver"),
+                                      (dict(min_silhouette=1.5), "min_silhouette"), (dict(min_silhouette="x"), "min_silhouette"),
+                                      (dict(max_error=-0.1), "max_error")])
 def test_select_ranks_errors(rng, kw, name):
     with pytest.raises(DNMFValueError, match=name):
         dd.select_ranks(rng.random((20, 10)), **{"candidates": [2, 3], **kw})
@@ -68,6 +117,11 @@ def test_cli_select_ranks(rng, tmp_path, capsys):
     assert code == 0 and "selected ranks: 4" in out
     assert (tmp_path / "r.csv").exists() and (tmp_path / "r.png").exists()
     assert main(["select-ranks", str(tmp_path / "c.zarr"), "--candidates", "2-99", "--scheduler", "threads"]) == 2
+    assert main(["select-ranks", str(tmp_path / "c.zarr"), "--candidates", "2-6", "--restarts", "2", "--max-iter", "100",
+                 "--scheduler", "threads", "--method", "stability", "--min-silhouette", "0.5", "--max-error", "0.3"]) == 0
+    assert "selected ranks: 4 (stability" in capsys.readouterr().out
+    assert main(["select-ranks", str(tmp_path / "c.zarr"), "--candidates", "2-6", "--method", "stability",
+                 "--min-silhouette", "3", "--scheduler", "threads"]) == 2
 
 
 def test_hierarchical_auto_ranks_and_solvers(rng):

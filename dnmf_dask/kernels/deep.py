@@ -12,7 +12,11 @@ nonzeros are the observed entries — or None (all observed).
 Energy (paper §3.2.2, in our orientation), summed over the rows of a chunk::
 
     E = 1/2 ||W ⊙ (X - S0 A0ᵀ)||² + 1/2 Σ_{l=1..L} ||p(S[l-1]) - S[l] A[l]ᵀ||²
-        + lam/2 ||L ⊙ (Y - S[L] Bᵀ)||²
+        + lam/2 D_Y(Y, S[L] Bᵀ)
+
+with ``D_Y`` the label loss: the paper's ``||L ⊙ (Y - S[L] Bᵀ)||²`` (``"frobenius"``), or the
+I-divergence / softmax cross-entropy over the labeled rows (SSNMF's label terms,
+:mod:`dnmf_dask.kernels.solvers`; see :func:`label_energy`).
 
 Every update is split in three parts so that the distributed code reads X once per iteration:
 
@@ -40,14 +44,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import DNMFTypeError, DNMFValueError
-from .pooling import apply_pool_index, max_pool, max_pool_backward, pool_labels
+from .pooling import apply_pool_index, max_pool, max_pool_backward, pool_counts, pool_labels
+from .solvers import (LABEL_LOSSES, LOSS_ALIASES, canonical_loss, label_stats, label_term, ls_S_update, update_A,
+                      update_B, weight)
 
 __all__ = [
     "DEFAULT_EPS",
+    "BACKPROP_SOLVERS",
     "LayerInput",
     "one_hot",
     "reconstruction_energy",
     "label_energy",
+    "label_gradient_parts",
     "layer_inputs",
     "energy_parts",
     "s_update",
@@ -63,6 +71,10 @@ __all__ = [
 
 #: Lower bound on every multiplicative-update denominator (guards 0/0 and x/0).
 DEFAULT_EPS = 1e-10
+
+#: update rules of the backpropagation: eq. (4)'s multiplicative updates (the paper's) or HALS
+#: (exact coordinate minimisation of the same energy with the pooling Jacobian frozen)
+BACKPROP_SOLVERS = ("mu", "hals")
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -122,6 +134,31 @@ def _check_lam(lam):
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
         raise DNMFValueError(f"lam: expected a finite number >= 0, found {lam!r}")
     return float(lam)
+
+
+def _check_label_loss(label_loss):
+    """Canonical name of a label loss ('frobenius', 'kullback-leibler', 'cross-entropy'; aliases kl, ce, ...)."""
+    name = canonical_loss(label_loss)
+    if not isinstance(name, str) or name not in LABEL_LOSSES:
+        allowed = sorted(LABEL_LOSSES + tuple(a for a, v in LOSS_ALIASES.items() if v in LABEL_LOSSES))
+        raise DNMFValueError(f"label_loss: expected one of {allowed}, found {label_loss!r}")
+    return name
+
+
+def _check_backprop_solver(solver, label_loss, W):
+    """'mu' or 'hals'; HALS needs the squared-error label term and fully observed X."""
+    if solver not in BACKPROP_SOLVERS:
+        why = " (exact NNLS would need one Gram matrix per sample: the pooling adds J_cᵀJ_c to each row's)" \
+            if solver == "anls" else ""
+        raise DNMFValueError(f"solver: expected one of {list(BACKPROP_SOLVERS)} for the backpropagation{why}, "
+                             f"found {solver!r}")
+    if solver == "hals" and label_loss != "frobenius":
+        raise DNMFValueError(f"solver: expected 'mu' for label_loss={label_loss!r} (HALS minimises the squared-error "
+                             f"label term), found 'hals'")
+    if solver == "hals" and W is not None:
+        raise DNMFValueError("solver: expected 'mu' for data with missing entries (observed=), found 'hals' "
+                             "(its Gram matrix is shared by all rows)")
+    return solver
 
 
 def _check_observed(W, shape):
@@ -246,15 +283,28 @@ def _recon_energy(X, S, A, W, XA=None):
     return 0.5 * float(np.sum(np.square(np.asarray(R), dtype=np.float64)))
 
 
-def label_energy(S, B, y, lam):
-    """``lam/2 ||L ⊙ (Y - S Bᵀ)||²_F`` over the chunk's rows (float). S (n, k), B (C, k), y (n,)."""
+def label_energy(S, B, y, lam, label_loss="frobenius"):
+    """``lam/2 · D_Y(Y, S Bᵀ)`` over the chunk's labeled rows (float). S (n, k), B (C, k), y (n,).
+
+    ``D_Y`` is ``label_loss``: ``||L ⊙ (Y - S Bᵀ)||²_F`` (``"frobenius"``, the paper's term), the
+    I-divergence ``Σ_L [y log(y / ŷ) - y + ŷ]`` (``"kullback-leibler"``, ŷ = S Bᵀ clipped at
+    float32 eps) or the cross-entropy ``-Σ_L y log softmax(S Bᵀ)`` (``"cross-entropy"``, softmax
+    over the classes of each sample), as SSNMF's :func:`~dnmf_dask.kernels.solvers.label_term`.
+    The factor ``lam/2`` keeps DeepNMF's ``lam`` equal to SSNMF's (whose objective is
+    ``||X − S Aᵀ||² + lam · D_Y``, twice ours).
+    """
     S = _check_dense(S, "S")
     B = _check_dense(B, "B", (None, S.shape[1]))
     lam = _check_lam(lam)
+    loss = _check_label_loss(label_loss)
     y = _check_labels(y, S.shape[0], B.shape[0])
     lab = np.flatnonzero(y >= 0)
     if lab.size == 0 or lam == 0:
         return 0.0
+    if loss != "frobenius":
+        Y, labeled = one_hot(y[lab], B.shape[0])
+        lossY, _, _ = label_term(Y, labeled, S[lab].astype(np.float64), B.astype(np.float64), loss)
+        return 0.5 * lam * lossY
     R = -(S[lab] @ B.T).astype(np.float64)
     R[np.arange(lab.size), y[lab]] += 1.0
     return 0.5 * lam * float(np.sum(R * R))
@@ -303,12 +353,12 @@ def layer_inputs(X, S_list, groups=None, pool_size=0, stride=1, keep_size=False,
 
 
 def energy_parts(X, S_list, A_list, *, groups=None, pool_size=0, stride=1, keep_size=False,
-                 observed=None, B=None, y=None, lam=0.0):
+                 observed=None, B=None, y=None, lam=0.0, label_loss="frobenius"):
     """Parts of the deep NMF energy over the chunk's rows: float64 array (L+2,).
 
     ``[E_0, ..., E_L, E_label]`` with ``E_0 = 1/2||W⊙(X - S0 A0ᵀ)||²``,
-    ``E_l = 1/2||p(S[l-1]) - S[l] A[l]ᵀ||²`` and ``E_label = lam/2||L⊙(Y - S[L] Bᵀ)||²``
-    (0 without B/y). ``y`` labels the rows of X (pooled along with the samples if stride > 1).
+    ``E_l = 1/2||p(S[l-1]) - S[l] A[l]ᵀ||²`` and ``E_label = lam/2 D_Y(Y, S[L] Bᵀ)``
+    (:func:`label_energy` with ``label_loss``; 0 without B/y). ``y`` labels the rows of X (pooled along with the samples if stride > 1).
     Their sum is E; every part adds across chunks.
     """
     _check_layers(S_list, A_list)
@@ -318,14 +368,14 @@ def energy_parts(X, S_list, A_list, *, groups=None, pool_size=0, stride=1, keep_
     for l, inp in enumerate(inputs):
         parts[l] = reconstruction_energy(inp.X, S_list[l], A_list[l], observed if l == 0 else None)
     if B is not None and y is not None:
-        parts[L + 1] = label_energy(S_list[L], B, inputs[L].y, lam)
+        parts[L + 1] = label_energy(S_list[L], B, inputs[L].y, lam, label_loss)
     return parts
 
 
 # --------------------------------------------------------------------------- (a) local S update
 
 def s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
-             B=None, y=None, lam=0.0, eps=DEFAULT_EPS):
+             B=None, y=None, lam=0.0, label_loss="frobenius", eps=DEFAULT_EPS):
     """One multiplicative update of the chunk's coefficients S of one layer (paper eq. (4)).
 
     X (n, d) the layer's input, S (n, k), A (d, k), observed: mask of X (layer 0) or None.
@@ -336,16 +386,37 @@ def s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
       (``max_pool(S, groups, 0)``). Adds ``Jᵀ(S_up A_upᵀ)`` to the numerator and
       ``Jᵀ p(S)`` to the denominator.
     * Label term (last layer): ``B`` (C, k), ``y`` (n,) labels of this layer's samples, ``lam``.
-      Adds ``lam (L⊙Y) B`` to the numerator and ``lam (L⊙(S Bᵀ)) B`` to the denominator.
+      Adds the negative and positive parts of the gradient of ``lam/2 D_Y`` (:func:`label_energy`)
+      to the numerator and denominator (:func:`label_gradient_parts`): for ``"frobenius"``
+      ``lam (L⊙Y) B`` and ``lam (L⊙(S Bᵀ)) B`` (eq. (4)); for ``"kullback-leibler"``
+      ``lam/2 (L⊙Y ⊘ S Bᵀ) B`` and ``lam/2 L 1 B``; for ``"cross-entropy"`` ``lam/2 (L⊙Y) B``
+      and ``lam/2 (L⊙softmax(S Bᵀ)) B``.
 
     Returns the new S (n, k), same dtype as S, ``S ⊙ num / max(den, eps)``.
     """
     return _s_update(X, S, A, observed=observed, pool_index=pool_index, S_up=S_up, A_up=A_up,
-                     B=B, y=y, lam=lam, eps=eps)[0]
+                     B=B, y=y, lam=lam, label_loss=label_loss, eps=eps)[0]
+
+
+def label_gradient_parts(S, B, y, lam, label_loss="frobenius"):
+    """``(num, den)`` (n, k): the MU split of the gradient of :func:`label_energy` in S.
+
+    ``∂(lam/2 D_Y)/∂S = den − num`` with both parts ≥ 0, from SSNMF's
+    :func:`~dnmf_dask.kernels.solvers.label_term` weighted by ``lam/2 · c_Y`` (c_Y = 2 for the
+    squared error, 1 for the I-divergence and the cross-entropy). Unlabeled rows get zeros.
+    """
+    S = _check_dense(S, "S")
+    B = _check_dense(B, "B", (None, S.shape[1]))
+    lam = _check_lam(lam)
+    loss = _check_label_loss(label_loss)
+    Y, labeled = one_hot(_check_labels(y, S.shape[0], B.shape[0]), B.shape[0], dtype=S.dtype)
+    _, num, den = label_term(Y, labeled, S, B, loss)
+    c = 0.5 * lam * weight(loss)
+    return c * np.broadcast_to(num, S.shape), c * np.broadcast_to(den, S.shape)
 
 
 def _s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
-              B=None, y=None, lam=0.0, eps=DEFAULT_EPS):
+              B=None, y=None, lam=0.0, label_loss="frobenius", eps=DEFAULT_EPS):
     """s_update, also returning ``X @ A`` (unmasked case, else None) for reuse in the energy."""
     X = _check_X(X)
     n, d = X.shape
@@ -355,6 +426,7 @@ def _s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
     W = _check_observed(observed, X.shape)
     eps = _check_eps(eps)
     lam = _check_lam(lam)
+    loss = _check_label_loss(label_loss)
     XA = None
     if W is None:
         num = XA = _mm(X, A)
@@ -384,10 +456,55 @@ def _s_update(X, S, A, *, observed=None, pool_index=None, S_up=None, A_up=None,
             num = num.copy()
         Y, labeled = one_hot(_check_labels(y, n, B.shape[0]), B.shape[0], dtype=S.dtype)
         lab = np.flatnonzero(labeled)
-        if lab.size:
+        if lab.size and loss == "frobenius":
             num[lab] += lam * (Y[lab] @ B)
             den[lab] += lam * ((S[lab] @ B.T) @ B)
+        elif lab.size:  # I-divergence / cross-entropy: SSNMF's label term on the labeled rows
+            num_y, den_y = label_gradient_parts(S[lab], B, y[lab], lam, loss)
+            num[lab] += num_y
+            den[lab] += den_y
     return (S * _div(num, den, eps)).astype(S.dtype, copy=False), XA
+
+
+def _hals_sweep_diag(S, G, C, D):
+    """Exact coordinate minimisation of ``Σ_i ½ s_i G s_iᵀ − c_i s_iᵀ + ½ Σ_t D[i,t] s_it²`` column
+    by column (in order), in place: the HALS of a layer whose rows are coupled to the layer above
+    through a frozen max-pooling Jacobian (``D = Jᵀ1``, the counts; ``JᵀJ`` is diagonal)."""
+    for t in range(S.shape[1]):
+        grad = S @ G[:, t] - C[:, t] + D[:, t] * S[:, t]
+        hess = G[t, t] + D[:, t]
+        nz = hess > 0
+        S[nz, t] = np.maximum(S[nz, t] - grad[nz] / hess[nz], 0.0)
+    return S
+
+
+def _s_update_hals(X, S, A, *, pool_index=None, S_up=None, A_up=None, B=None, y=None, lam=0.0):
+    """One HALS sweep of a layer's S (no mask) for the energy of :func:`energy_parts`.
+
+    Intermediate layers (``pool_index``, ``S_up``, ``A_up`` as in :func:`s_update`): the pooling is
+    frozen at ``pool_index`` (the surrogate that eq. (4)'s MU majorises too), so the coupling term
+    ``½||J S − S_up A_upᵀ||²`` adds ``Jᵀ(S_up A_upᵀ)`` to the linear term and the counts ``Jᵀ1``
+    to each entry's curvature. Last layer with labels: SSNMF's HALS
+    (:func:`~dnmf_dask.kernels.solvers.ls_S_update`) of ``½||X − S Aᵀ||² + lam/2||L⊙(Y − S Bᵀ)||²``.
+    Returns ``(S_new, X @ A)``.
+    """
+    XA = _mm(X, A)
+    AtA = A.T.astype(np.float64) @ A
+    if pool_index is not None:
+        n, k = S.shape
+        index = np.asarray(pool_index)
+        if index.shape != (S_up.shape[0], k):
+            raise DNMFValueError(
+                f"pool_index: expected shape ({S_up.shape[0]}, {k}) (samples of the layer above, k), found {index.shape}"
+            )
+        C = XA + max_pool_backward(S_up @ A_up.T, index, n)
+        S_new = _hals_sweep_diag(np.array(S, dtype=np.float64), AtA, C, pool_counts(index, n))
+    elif B is not None and y is not None and lam > 0:
+        Y, labeled = one_hot(_check_labels(y, S.shape[0], B.shape[0]), B.shape[0])
+        S_new = ls_S_update(S, XA, AtA, solver="hals", Y=Y, labeled=labeled, B=B.astype(np.float64), lam=lam)
+    else:
+        S_new = ls_S_update(S, XA, AtA, solver="hals")
+    return S_new.astype(S.dtype, copy=False), XA
 
 
 # --------------------------------------------------------------------------- (b) statistics
@@ -410,17 +527,29 @@ def a_stats(X, S, A=None, *, observed=None):
     return {"XtS": _mtm(_masked_X(X, W), S), "den": _mtm(_masked_recon(S, A, W), S)}
 
 
-def b_stats(S, y, n_classes):
-    """Per-chunk statistics of the B update over labeled rows: ``{"YtS": (C, k), "StS": (k, k)}``.
+def b_stats(S, y, n_classes, *, B=None, label_loss="frobenius"):
+    """Per-chunk statistics of the B update over labeled rows (they add across chunks).
 
-    ``YtS = (L⊙Y)ᵀ S`` and ``StS = S_labᵀ S_lab`` (S (n, k), y (n,) labels of these samples).
+    ``"frobenius"``: ``{"YtS": (L⊙Y)ᵀ S (C, k), "StS": S_labᵀ S_lab (k, k)}`` (B not needed).
+    ``"kullback-leibler"`` / ``"cross-entropy"``: SSNMF's
+    :func:`~dnmf_dask.kernels.solvers.label_stats` at the current ``B`` (C, k):
+    ``{"RYtS": (Y ⊘ S Bᵀ)ᵀ S, "S_L_sum": (k,)}`` / ``{"YtS", "PtS": softmax(S Bᵀ)ᵀ S}``.
+    S (n, k), y (n,) labels of these samples.
     """
     S = _check_dense(S, "S")
     if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 1:
         raise DNMFValueError(f"n_classes: expected an integer >= 1, found {n_classes!r}")
     y = _check_labels(y, S.shape[0], int(n_classes))
+    loss = _check_label_loss(label_loss)
     lab = np.flatnonzero(y >= 0)
     k = S.shape[1]
+    if loss != "frobenius":
+        if B is None:
+            raise DNMFValueError(f"B: expected the current classifier ({int(n_classes)}, {k}) for "
+                                 f"label_loss={label_loss!r}, found None")
+        B = _check_dense(B, "B", (int(n_classes), k))
+        Y, labeled = one_hot(y, int(n_classes), dtype=S.dtype)
+        return label_stats(Y, labeled, S, B, loss)
     YtS = np.zeros((int(n_classes), k), dtype=S.dtype)
     np.add.at(YtS, y[lab], S[lab])
     Sl = S[lab]
@@ -460,43 +589,56 @@ def apply_a_update(A, stats, eps=DEFAULT_EPS):
 
 
 def apply_b_update(B, stats, eps=DEFAULT_EPS):
-    """``B ⊙ YtS / max(B StS, eps)`` (paper eq. (4); lam cancels); returns (C, k)."""
+    """MU of B from summed :func:`b_stats` (lam cancels); the label loss is read from the keys.
+
+    ``"frobenius"`` (paper eq. (4)): ``B ⊙ YtS / max(B StS, eps)``; ``"kullback-leibler"``:
+    ``B ⊙ RYtS / max(1 S_L_sum, eps)``; ``"cross-entropy"``: ``B ⊙ YtS / max(PtS, eps)`` (as
+    SSNMF's :func:`~dnmf_dask.kernels.solvers.update_B`). Returns (C, k).
+    """
     B = _check_dense(B, "B")
     eps = _check_eps(eps)
-    if not isinstance(stats, dict) or not {"YtS", "StS"} <= stats.keys():
-        raise DNMFValueError(f"stats: expected a dict from b_stats (YtS, StS), found {stats!r:.80}")
-    num = np.asarray(stats["YtS"])
-    if num.shape != B.shape:
-        raise DNMFValueError(f"stats: expected YtS of the shape of B {B.shape}, found {num.shape}")
-    return (B * _div(num, B @ np.asarray(stats["StS"]), eps)).astype(B.dtype, copy=False)
+    keys = stats.keys() if isinstance(stats, dict) else set()
+    if {"YtS", "StS"} <= keys:
+        num, den = np.asarray(stats["YtS"]), B @ np.asarray(stats["StS"])
+    elif {"RYtS", "S_L_sum"} <= keys:
+        num, den = np.asarray(stats["RYtS"]), np.broadcast_to(np.asarray(stats["S_L_sum"]), B.shape)
+    elif {"YtS", "PtS"} <= keys:
+        num, den = np.asarray(stats["YtS"]), np.asarray(stats["PtS"])
+    else:
+        raise DNMFValueError(f"stats: expected a dict from b_stats (YtS and StS, RYtS and S_L_sum, or YtS and "
+                             f"PtS), found {stats!r:.80}")
+    if num.shape != B.shape or den.shape != B.shape:
+        raise DNMFValueError(f"stats: expected statistics of the shape of B {B.shape}, found {num.shape}")
+    return (B * _div(num, den, eps)).astype(B.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- whole steps
 
-def layer_chunk_step(X, S, A, *, observed=None, B=None, y=None, lam=0.0, eps=DEFAULT_EPS,
-                     compute_energy=True):
+def layer_chunk_step(X, S, A, *, observed=None, B=None, y=None, lam=0.0, label_loss="frobenius",
+                     eps=DEFAULT_EPS, compute_energy=True):
     """One layer-wise MU step (Algorithms 1/2: NMF, or SSNMF with B/y/lam) on one chunk.
 
     Returns ``(S_new (n, k), stats)`` with ``stats = {"A": a_stats, "B": b_stats or None,
-    "energy": float64 (2,) [1/2||W⊙(X - S_new Aᵀ)||², lam/2||L⊙(Y - S_new Bᵀ)||²]}``
+    "energy": float64 (2,) [1/2||W⊙(X - S_new Aᵀ)||², lam/2 D_Y(Y, S_new Bᵀ)]}``
     (energy at the new S and the current A, B; zeros if ``compute_energy`` is False).
     The driver then applies :func:`apply_a_update` / :func:`apply_b_update` to the summed stats.
     """
     X = _check_X(X)
     W = _check_observed(observed, X.shape)
-    S_new, XA = _s_update(X, S, A, observed=W, B=B, y=y, lam=lam, eps=eps)
+    S_new, XA = _s_update(X, S, A, observed=W, B=B, y=y, lam=lam, label_loss=label_loss, eps=eps)
     stats = {"A": a_stats(X, S_new, A, observed=W), "B": None, "energy": np.zeros(2)}
     if B is not None and y is not None:
-        stats["B"] = b_stats(S_new, y, B.shape[0])
+        stats["B"] = b_stats(S_new, y, B.shape[0], B=B, label_loss=label_loss)
     if compute_energy:
         stats["energy"][0] = _recon_energy(X, S_new, A, W, XA)
         if B is not None and y is not None:
-            stats["energy"][1] = label_energy(S_new, B, y, lam)
+            stats["energy"][1] = label_energy(S_new, B, y, lam, label_loss)
     return S_new, stats
 
 
 def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1, keep_size=False,
-                        observed=None, B=None, y=None, lam=0.0, eps=DEFAULT_EPS, compute_energy=True):
+                        observed=None, B=None, y=None, lam=0.0, label_loss="frobenius", eps=DEFAULT_EPS,
+                        compute_energy=True, solver="mu"):
     """One sweep of deep NMF with backpropagation (Algorithm 3 / eq. (4)) over one chunk.
 
     For ``l = 0 .. L-1`` (bottom-up, as in Algorithm 3): pool S[l] to get the Jacobian at the
@@ -505,7 +647,11 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
     B statistics at the new S (A and B are updated by the driver, after the reduction).
 
     X (n, n_features) the chunk, S_list[l] (n_l, k_l), A_list[l] (d_l, k_l), groups (n,),
-    observed (mask of X, layer 0 only), B (C, k_L), y (n,) labels of the rows of X.
+    observed (mask of X, layer 0 only), B (C, k_L), y (n,) labels of the rows of X, label_loss
+    of the last layer's label term (see :func:`label_energy`). ``solver``: ``"mu"`` (eq. (4), the
+    paper's rule) or ``"hals"`` (exact coordinate minimisation of E per column of each S[l], the
+    pooling Jacobian frozen at the current S[l]; squared-error label term, no mask). The driver
+    must then use the same solver in :func:`apply_backprop_update`.
 
     Returns ``(S_new_list, stats)`` with ``stats = {"A": [a_stats per layer], "B": b_stats or
     None, "energy": float64 (L+2,) energy_parts at the new S and the current A, B}``.
@@ -517,6 +663,7 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
     n = X.shape[0]
     groups = _default_groups(groups, n, pool_size)
     W0 = _check_observed(observed, X.shape)
+    solver = _check_backprop_solver(solver, _check_label_loss(label_loss), W0)
     S_new = list(S_list)
     Xl, gl, yl = X, np.asarray(groups), (None if y is None else np.asarray(y))
     inputs, XAs = [], []
@@ -526,14 +673,26 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
         inputs.append((Xl, yl))
         if l < L:
             _, index, _ = max_pool(S, gl, pool_size, stride, keep_size)
-            S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, pool_index=index,
-                                     S_up=S_list[l + 1], A_up=A_list[l + 1], eps=eps)
+            if solver == "hals":
+                A_up = _check_dense(A_list[l + 1], f"A[{l + 1}]", (S.shape[1], None))
+                S_up = _check_dense(S_list[l + 1], f"S[{l + 1}]", (None, A_up.shape[1]))
+                S_new[l], XA = _s_update_hals(Xl, S, _check_dense(A_list[l], f"A[{l}]", (Xl.shape[1], S.shape[1])),
+                                              pool_index=index, S_up=S_up, A_up=A_up)
+            else:
+                S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, pool_index=index,
+                                         S_up=S_list[l + 1], A_up=A_list[l + 1], eps=eps)
             P, _, g_next = max_pool(S_new[l], gl, pool_size, stride, keep_size)
             if yl is not None:
                 yl = pool_labels(yl, gl, pool_size, stride, keep_size)
             Xl, gl = P, g_next
         else:
-            S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, B=B, y=yl, lam=lam, eps=eps)
+            if solver == "hals":
+                S_new[l], XA = _s_update_hals(Xl, S, _check_dense(A_list[l], f"A[{l}]", (Xl.shape[1], S.shape[1])),
+                                              B=None if B is None else _check_dense(B, "B", (None, S.shape[1])),
+                                              y=yl, lam=_check_lam(lam))
+            else:
+                S_new[l], XA = _s_update(Xl, S, A_list[l], observed=W, B=B, y=yl, lam=lam, label_loss=label_loss,
+                                         eps=eps)
         XAs.append(XA)
     stats = {
         "A": [a_stats(inputs[l][0], S_new[l], A_list[l], observed=W0 if l == 0 else None)
@@ -542,24 +701,38 @@ def backprop_chunk_step(X, S_list, A_list, *, groups=None, pool_size=0, stride=1
         "energy": np.zeros(L + 2, dtype=np.float64),
     }
     if B is not None and yl is not None:
-        stats["B"] = b_stats(S_new[L], yl, B.shape[0])
+        stats["B"] = b_stats(S_new[L], yl, B.shape[0], B=B, label_loss=label_loss)
     if compute_energy:
         for l in range(L + 1):
             stats["energy"][l] = _recon_energy(inputs[l][0], S_new[l], A_list[l],
                                                W0 if l == 0 else None, XAs[l])
         if B is not None and yl is not None:
-            stats["energy"][L + 1] = label_energy(S_new[L], B, yl, lam)
+            stats["energy"][L + 1] = label_energy(S_new[L], B, yl, lam, label_loss)
     return S_new, stats
 
 
-def apply_backprop_update(A_list, B, stats, eps=DEFAULT_EPS):
+def apply_backprop_update(A_list, B, stats, eps=DEFAULT_EPS, solver="mu"):
     """Driver side of :func:`backprop_chunk_step`: ``(A_new_list, B_new)`` from the summed stats.
 
     Every A[l] is updated from its own statistics (the A blocks are separable given the S's);
-    B is updated if ``stats["B"]`` is not None, else returned unchanged.
+    B is updated if ``stats["B"]`` is not None, else returned unchanged. ``solver="mu"``:
+    eq. (4)'s multiplicative updates; ``"hals"``: one HALS sweep of every A[l] and of B on the
+    same statistics (:func:`~dnmf_dask.kernels.solvers.update_A` / ``update_B``; unmasked,
+    squared-error label term).
     """
     if len(stats["A"]) != len(A_list):
         raise DNMFValueError(f"stats: expected A statistics for {len(A_list)} layers, found {len(stats['A'])}")
+    if solver == "hals":
+        if any("StS" not in st for st in stats["A"]) or (stats.get("B") is not None and "StS" not in stats["B"]):
+            raise DNMFValueError("stats: expected unmasked statistics with the squared-error label term for "
+                                 "solver='hals' (XtS, StS; YtS, StS), found others")
+        A_new = [update_A(A, st, loss="frobenius", solver="hals") for A, st in zip(A_list, stats["A"])]
+        if B is None or stats.get("B") is None:
+            return A_new, B
+        st = {"YtS": stats["B"]["YtS"], "StS_L": stats["B"]["StS"]}
+        return A_new, update_B(B, st, label_loss="frobenius", solver="hals")
+    if solver != "mu":
+        _check_backprop_solver(solver, "frobenius", None)
     A_new = [apply_a_update(A, st, eps) for A, st in zip(A_list, stats["A"])]
     B_new = B if (B is None or stats.get("B") is None) else apply_b_update(B, stats["B"], eps)
     return A_new, B_new

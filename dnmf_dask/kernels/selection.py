@@ -9,9 +9,11 @@
   together; its cophenetic correlation (average linkage on 1 − consensus, scipy) is 1 for a
   perfectly stable clustering.
 * :func:`component_silhouette` — NMFk (Alexandrov et al.): the k columns of A of every restart are
-  matched to those of the first restart (Hungarian assignment on cosine similarity, scipy), and the
-  silhouette of the pooled, normalised columns (cosine distance, scikit-learn) measures how well the
-  restarts reproduce the same k components.
+  clustered into k clusters of one column per restart — each restart's columns are matched to the
+  cluster centroids by a Hungarian assignment on cosine similarity (scipy), the centroids become
+  the medians of their members, until the assignment stops changing (NMFk's custom clustering;
+  starting from the first restart's columns) — and the silhouette of the pooled, normalised columns
+  (cosine distance, scikit-learn) measures how well the restarts reproduce the same k components.
 * :func:`elbow_index` — the point of a decreasing error curve farthest below the chord joining its
   ends (on normalised axes: the "kneedle" rule).
 """
@@ -85,25 +87,42 @@ def _unit_columns(A):
     return A / nrm
 
 
-def component_silhouette(As):
-    """Silhouette (cosine) of the restarts' matched components; ``As`` is a list of (f, k).
+def match_components(As, max_iter=50):
+    """NMFk's clustering of the restarts' components: one column of every restart per cluster.
 
-    Returns (mean silhouette, min over components of the per-cluster mean silhouette).
+    ``As`` is a list of r arrays (f, k). Starting from the first restart's columns as centroids,
+    every restart's unit-norm columns are assigned to the centroids by a Hungarian assignment
+    maximising the cosine similarity, and the centroids become the (unit-norm) medians of their
+    members, until no assignment changes (at most ``max_iter`` rounds). Returns the list of the
+    restarts' permutations (column ``perm[c]`` of restart i is in cluster c).
     """
     from scipy.optimize import linear_sum_assignment
+
+    Us = [_unit_columns(A) for A in As]
+    cent, perms = Us[0], None
+    for _ in range(max_iter):
+        new = [linear_sum_assignment(-(cent.T @ U))[1] for U in Us]
+        if perms is not None and all(np.array_equal(a, b) for a, b in zip(new, perms)):
+            break
+        perms = new
+        cent = _unit_columns(np.median(np.stack([U[:, p] for U, p in zip(Us, perms)]), axis=0))
+    return perms
+
+
+def component_silhouette(As):
+    """Silhouette (cosine) of the restarts' components clustered by :func:`match_components`.
+
+    ``As`` is a list of (f, k). Returns (mean silhouette, min over the k clusters of the cluster's
+    mean silhouette) — the second is NMFk's stability criterion.
+    """
     from sklearn.metrics import silhouette_samples
 
-    ref = _unit_columns(As[0])
-    k = ref.shape[1]
+    k = As[0].shape[1]
     if k < 2 or len(As) < 2:
         return 1.0, 1.0
-    cols, labs = [], []
-    for A in As:
-        U = _unit_columns(A)
-        _, perm = linear_sum_assignment(-(ref.T @ U))
-        cols.append(U[:, perm].T)
-        labs.append(np.arange(k))
-    P, lab = np.vstack(cols), np.concatenate(labs)
+    perms = match_components(As)
+    P = np.vstack([_unit_columns(A)[:, p].T for A, p in zip(As, perms)])
+    lab = np.tile(np.arange(k), len(As))
     s = silhouette_samples(P, lab, metric="cosine")
     return float(s.mean()), float(min(s[lab == c].mean() for c in range(k)))
 

@@ -21,10 +21,11 @@ import dask
 import numpy as np
 
 from ..errors import DNMFValueError
-from ..kernels.deep import apply_backprop_update, backprop_chunk_step, energy_parts
+from ..kernels.deep import BACKPROP_SOLVERS, apply_backprop_update, backprop_chunk_step, energy_parts
 from ..kernels.masked import nnls_rows_missing
 from ..kernels.nmf import split_missing
 from ..kernels.pooling import max_pool, pool_labels, pool_windows
+from ..kernels.solvers import canonical_loss
 from ..parallel.blocks import Blocks
 from ..parallel.mapreduce import map_reduce
 from ..parallel.scheduler import scheduler_context
@@ -68,19 +69,19 @@ def _unflatten_stats(flat, n_layers):
     return {"A": A, "B": B or None, "energy": flat["energy"]}
 
 
-def _backprop_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+def _backprop_task(X, W, y, g, S_list, *, As, B, lam, label_loss, solver, pool_size, stride):
     X, W = split_missing(X, W)  # NaN entries of dense X are missing: into the mask the kernels take
     S_new, stats = backprop_chunk_step(
         X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
-        B=B, y=y if B is not None else None, lam=lam,
+        B=B, y=y if B is not None else None, lam=lam, label_loss=label_loss, solver=solver,
     )
     return S_new, _flatten_stats(stats)
 
 
-def _energy_task(X, W, y, g, S_list, *, As, B, lam, pool_size, stride):
+def _energy_task(X, W, y, g, S_list, *, As, B, lam, label_loss, pool_size, stride):
     X, W = split_missing(X, W)
     parts = energy_parts(X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
-                         B=B, y=y if B is not None else None, lam=lam)
+                         B=B, y=y if B is not None else None, lam=lam, label_loss=label_loss)
     return None, {"energy": parts}
 
 
@@ -116,8 +117,21 @@ class DeepNMF(HierarchicalNMF):
         pooled with :func:`~dnmf_dask.kernels.pooling.pool_labels`).
     lam : float, default 1.0
         Weight of the label term on the last layer when ``fit`` gets labels.
+    label_loss : {'frobenius', 'kullback-leibler' (alias 'kl'), 'cross-entropy' (alias 'ce')}, default 'frobenius'
+        Label term ``lam/2 · D_Y(Y, S_L Bᵀ)`` of the last layer, in the forward pass (SSNMF with that
+        label loss) and in the backpropagation: the paper's squared error ``||L⊙(Y − S_L Bᵀ)||²``, the
+        I-divergence, or the cross-entropy of softmax(S_L Bᵀ) over the labeled samples
+        (:func:`~dnmf_dask.kernels.deep.label_energy`).
+    solver : {'mu', 'hals', 'anls'}, default 'mu'
+        Update rule of every forward layer, as for :class:`HierarchicalNMF` ('hals' and 'anls' need the
+        Frobenius label loss and fully observed X).
     backprop_iter : int, default 0
         Iterations of backpropagation (Algorithm 3) after the forward pass.
+    backprop_solver : {'mu', 'hals'}, default 'mu'
+        Update rule of the backpropagation: the paper's multiplicative updates (eq. (4)), or HALS —
+        exact coordinate minimisation of the same energy, column by column of every S(l), A(l) and B,
+        with the pooling Jacobian frozen at the current S(l) (squared-error label term, fully
+        observed X). 'anls' is refused: with pooling every sample has its own Gram matrix.
     init_B : {'lstsq', 'random'}, default 'lstsq'
         Start of the classifier, as in :class:`HierarchicalNMF`.
     init, max_iter, tol, random_state, chunk_rows, scheduler, persist, verbose
@@ -129,7 +143,7 @@ class DeepNMF(HierarchicalNMF):
     A_, B_, classes_, layer_history_, layer_n_iter_, layer_stop_reason_ : as in HierarchicalNMF
     history_ : backpropagation history, per iteration: ``energy`` (E at the new S and the A, B of
         that iteration), ``energy_layers`` (array (L+1,) of the per-layer reconstruction terms),
-        ``loss_Y`` (the label term lam/2||L⊙(Y − S_L Bᵀ)||²) and ``rel_change`` (|ΔE|/E); plus
+        ``loss_Y`` (the label term lam/2 · D_Y(Y, S_L Bᵀ)) and ``rel_change`` (|ΔE|/E); plus
         ``energy_final`` (one number: E at the final S, A, B). Without backpropagation it is the last
         forward layer's history (as in HierarchicalNMF).
     n_iter_, stop_reason_ : backpropagation iterations and why it stopped ('tol' / 'max_iter');
@@ -139,7 +153,10 @@ class DeepNMF(HierarchicalNMF):
 
     def __init__(self, ranks=(10, 5), *, pool_size=0, stride=1, lam=1.0, backprop_iter=0, init="nndsvda",
                  init_B="lstsq", max_iter=200, tol=1e-4, random_state=None, chunk_rows=None, scheduler=None,
-                 persist="auto", verbose=0):
+                 persist="auto", verbose=0, label_loss="frobenius", solver="mu", backprop_solver="mu"):
+        self.label_loss = label_loss
+        self.solver = solver
+        self.backprop_solver = backprop_solver
         self.ranks = ranks
         self.pool_size = pool_size
         self.stride = stride
@@ -171,6 +188,13 @@ class DeepNMF(HierarchicalNMF):
         if stride > max(pool_size, 1):
             raise DNMFValueError(f"stride: expected an integer in [1, pool_size={pool_size}], found {stride}")
         _check_int_min(self.backprop_iter, "backprop_iter", 0)
+        if self.backprop_solver not in BACKPROP_SOLVERS:
+            raise DNMFValueError(f"backprop_solver: expected one of {list(BACKPROP_SOLVERS)} (eq. (4)'s multiplicative "
+                                 f"updates or HALS; exact NNLS would need one Gram matrix per pooled sample), "
+                                 f"found {self.backprop_solver!r}")
+        if self.backprop_solver == "hals" and canonical_loss(self.label_loss) != "frobenius":
+            raise DNMFValueError(f"backprop_solver: expected 'mu' for label_loss={self.label_loss!r} (HALS minimises "
+                                 f"the squared-error label term), found 'hals'")
         return ranks
 
     @property
@@ -220,6 +244,10 @@ class DeepNMF(HierarchicalNMF):
             state = self._fit_layers(X, y, groups=groups, observed=observed, run=run)
             blocks, g, codes = state["blocks"], state["groups"], state["codes"]
             S_final = state["forward_S"]
+            if self.backprop_iter > 0 and self.backprop_solver == "hals" and (blocks.W is not None
+                                                                             or state["summary"].get("nan", 0)):
+                raise DNMFValueError("backprop_solver: expected 'mu' for data with missing entries (observed= or NaN), "
+                                     "found 'hals'")
             if self.backprop_iter > 0:
                 S_final = self._backprop(blocks, g, codes, S_final, pool_size, stride)
             # layers after a strided pooling have fewer rows than X: no reconstruction error there
@@ -233,6 +261,7 @@ class DeepNMF(HierarchicalNMF):
         L1 = len(self.A_)
         B = self.B_
         lam = float(self.lam) if B is not None else 0.0
+        label_loss = canonical_loss(self.label_loss)
         W_parts = blocks.W or [None] * blocks.n_blocks
         y_parts = blocks.split(codes) if B is not None else [None] * blocks.n_blocks
         g_parts = blocks.split(g)
@@ -243,9 +272,10 @@ class DeepNMF(HierarchicalNMF):
         for it in range(1, int(self.backprop_iter) + 1):
             per_block = list(zip(blocks.X, W_parts, y_parts, g_parts, S_blocks))
             S_blocks, st = map_reduce(_backprop_task, per_block, As=dask.delayed(As), B=B, lam=lam,
-                                      pool_size=pool_size, stride=stride)
+                                      label_loss=label_loss, solver=self.backprop_solver, pool_size=pool_size,
+                                      stride=stride)
             stats = _unflatten_stats(st, L1)
-            As, B = apply_backprop_update(As, B, stats)
+            As, B = apply_backprop_update(As, B, stats, solver=self.backprop_solver)
             parts = np.asarray(stats["energy"], dtype=np.float64)
             E = float(parts.sum())
             hist["energy"].append(E)
@@ -262,7 +292,7 @@ class DeepNMF(HierarchicalNMF):
                 break
         per_block = list(zip(blocks.X, W_parts, y_parts, g_parts, S_blocks))
         _, st = map_reduce(_energy_task, per_block, keep_outputs=False, As=dask.delayed(As), B=B, lam=lam,
-                           pool_size=pool_size, stride=stride)
+                           label_loss=label_loss, pool_size=pool_size, stride=stride)
         hist["energy_final"] = float(np.sum(st["energy"]))
         self.A_ = As
         self.B_ = B

@@ -263,7 +263,9 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
             if not last:
                 data, g_parts, y_parts = self._next_input(res.S_blocks, data, k, g_parts, y_parts)
                 inputs.append(data.X)
-        return self._store_layers(As, B, ranks, hists, n_iters, reasons, blocks, info, g, codes, S_layers, inputs)
+        state = self._store_layers(As, B, ranks, hists, n_iters, reasons, blocks, info, g, codes, S_layers, inputs)
+        state["summary"] = summary  # X's data summary (NaN count, ...) for checks after the forward pass
+        return state
 
     def _init_layer(self, data, l, k, last, seed, summ, semi, codes_l, n_classes):
         """Initial S blocks, A and (last layer with labels) B of layer ``l``."""
