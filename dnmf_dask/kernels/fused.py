@@ -1,0 +1,223 @@
+"""Fused single-sweep sparse kernels (numba) for the multiplicative updates of one CSR row block.
+
+The numpy/scipy kernels of :mod:`dnmf_dask.kernels.nmf` and :mod:`dnmf_dask.kernels.solvers`
+form each product of an iteration with its own scipy call (``X @ A``, then ``X.T @ S_new``;
+for KL the values of S Aᵀ at the nonzeros by gathering nnz × k rows, twice). Here one loop over
+the block's rows does, row by row, everything an iteration needs from that row:
+
+* Frobenius (:func:`frobenius_step`): ``xa = X[i] A`` (a sweep of the row's nonzeros), the new
+  row ``S_new[i] = S[i] ⊙ (xa + num_add[i]) / den[i]`` (``den = S AᵀA`` does not involve X and
+  comes from BLAS) and its contribution ``XᵀS_new[j] += x_ij S_new[i]`` (a second sweep of the
+  same nonzeros, now in cache);
+* KL (:func:`kl_step`): ``x̂_ij = S[i]·A[j]``, ``num = Σ_j x_ij/max(x̂_ij, EPS) A[j]``, the
+  divergence term ``Σ x log(x/x̂)``, the new row, and at the new row
+  ``RᵀS_new[j] += x_ij/max(S_new[i]·A[j], EPS) S_new[i]``.
+
+So X is read from memory once per iteration and no nnz × k temporary is formed. The kernels
+are serial and release the GIL (``nogil``): the parallelism is over row blocks (dask's task
+threads or worker processes, one BLAS thread each), so nested threads would only oversubscribe
+the cores. The Frobenius Xᵀ S accumulates in S's dtype (as scipy's product does), the KL
+Rᵀ S in float64.
+
+Speed (BENCHMARKS.md, #7): both sweeps gather/scatter a random row of A or of XᵀS per
+nonzero; with k = 20 the inner loops run scalar (LLVM's loop vectorizer wants ≥ 32 iterations
+and numba leaves the SLP vectorizer off), so the Frobenius kernel costs about what scipy's two
+products cost; the gain is in KL, where the values of S Aᵀ at the nonzeros are computed in
+registers instead of gathering nnz × k temporaries.
+
+Everything here is optional: if numba cannot be imported (or ``DNMF_DASK_NUMBA=0`` is set in
+the environment) :data:`AVAILABLE` is False and the callers use their numpy/scipy code, which
+stays the reference the tests compare these kernels with. Compiled code is cached on disk
+(``cache=True``), so only the first process on a machine pays the compile time (~1-2 s per
+dtype combination).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import scipy.sparse as sp
+
+try:  # pragma: no cover - exercised by whichever branch the environment has
+    if os.environ.get("DNMF_DASK_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+        raise ImportError("disabled by DNMF_DASK_NUMBA")
+    import numba
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover
+    numba = None
+    AVAILABLE = False
+
+EPS = float(np.finfo(np.float32).eps)
+
+
+def usable(X, S):
+    """True when the fused kernels apply: numba present, X a CSR matrix/array, S a float ndarray."""
+    return (AVAILABLE and sp.issparse(X) and X.format == "csr" and isinstance(S, np.ndarray)
+            and S.dtype in (np.float32, np.float64))
+
+
+def csr_parts(X, dtype):
+    """(indptr, indices, data) of csr X with data in ``dtype`` (a copy only if it differs)."""
+    return X.indptr, X.indices, np.asarray(X.data, dtype=dtype)
+
+
+if AVAILABLE:
+    _jit = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+
+    @_jit
+    def _frobenius_kernel(indptr, indices, data, S, A, num_add, den, update_S, S_new, XA, XtS):
+        n, k = S.shape
+        has_add = num_add.shape[0] == n
+        eps = S.dtype.type(EPS)
+        for i in range(n):
+            # X[i] A, accumulated in XA's row (the loop over k runs scalar for k < 32)
+            for p in range(indptr[i], indptr[i + 1]):
+                x = data[p]
+                j = indices[p]
+                for t in range(k):
+                    XA[i, t] += x * A[j, t]
+            if update_S:
+                for t in range(k):
+                    d = den[i, t]
+                    if d == 0:
+                        d = eps
+                    num = XA[i, t] + num_add[i, t] if has_add else XA[i, t]
+                    S_new[i, t] = S[i, t] * num / d
+            # X[i]ᵀ S_new[i], scattered into the rows of XtS; the row's nonzeros are in cache
+            for p in range(indptr[i], indptr[i + 1]):
+                x = data[p]
+                j = indices[p]
+                for t in range(k):
+                    XtS[j, t] += x * S_new[i, t]
+
+    @numba.njit(nogil=True, fastmath=True, inline="always")
+    def _row_dot(S, i, A, j, k):
+        """S[i]·A[j] with four independent partial sums (a single chain of k dependent adds
+        is latency-bound; k is too short for LLVM's loop vectorizer)."""
+        z = S.dtype.type(0.0)
+        a0 = z
+        a1 = z
+        a2 = z
+        a3 = z
+        k4 = k - k % 4
+        for t in range(0, k4, 4):
+            a0 += S[i, t] * A[j, t]
+            a1 += S[i, t + 1] * A[j, t + 1]
+            a2 += S[i, t + 2] * A[j, t + 2]
+            a3 += S[i, t + 3] * A[j, t + 3]
+        for t in range(k4, k):
+            a0 += S[i, t] * A[j, t]
+        return (a0 + a1) + (a2 + a3)
+
+    @_jit
+    def _kl_kernel(indptr, indices, data, S, A, den_row, num_add, den_add, cX, update_S, with_loss, a_stats,
+                   S_new, RtS):
+        n, k = S.shape
+        has_na = num_add.shape[0] == n
+        has_da = den_add.shape[0] == n
+        num = np.empty(k, dtype=S.dtype)
+        eps = S.dtype.type(EPS)
+        cx = S.dtype.type(cX)
+        xlog = 0.0
+        for i in range(n):
+            if update_S:
+                for t in range(k):
+                    num[t] = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                x = data[p]
+                j = indices[p]
+                xh = max(_row_dot(S, i, A, j, k), eps)
+                if with_loss and x > 0:
+                    xlog += float(x) * np.log(float(x) / float(xh))
+                if update_S:
+                    r = x / xh
+                    for t in range(k):
+                        num[t] += r * A[j, t]
+            if update_S:
+                for t in range(k):
+                    nm = cx * num[t]
+                    d = cx * den_row[t]
+                    if has_na:
+                        nm = nm + num_add[i, t]
+                    if has_da:
+                        d = d + den_add[i, t]
+                    if d == 0:
+                        d = eps
+                    S_new[i, t] = S[i, t] * (nm / d)
+            if a_stats:
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    r = float(data[p] / max(_row_dot(S_new, i, A, j, k), eps))
+                    for t in range(k):
+                        RtS[j, t] += r * S_new[i, t]
+        return xlog
+
+
+def _opt(F, S):
+    """An optional additive (n, k) term in S's dtype, or an empty (0, k) placeholder for "none"."""
+    if F is None:
+        return np.zeros((0, S.shape[1]), dtype=S.dtype)
+    return np.ascontiguousarray(np.broadcast_to(F, S.shape), dtype=S.dtype)
+
+
+def frobenius_step(X, S, A, den, *, num_add=None, update_S=True):
+    """Frobenius MU of a CSR block's S rows and the block's Xᵀ S_new, in one sweep of X.
+
+    Parameters
+    ----------
+    X : csr_matrix (n, n_features)
+    S : ndarray (n, k), float32 or float64 (A, den and X's values are cast to its dtype)
+    A : ndarray (n_features, k)
+    den : ndarray (n, k)
+        The update's denominator, e.g. ``S AᵀA`` (+ λ (L⊙S Bᵀ) B); it does not depend on X.
+    num_add : ndarray (n, k) or None
+        Added to the numerator ``X A`` (e.g. λ Y B).
+    update_S : bool
+        False: S_new = S (evaluation pass).
+
+    Returns
+    -------
+    S_new : ndarray (n, k), ``S ⊙ (X A + num_add) / den`` (zero denominators as EPS)
+    XA : ndarray (n, k), ``X A``
+    XtS : float64 ndarray (n_features, k), ``Xᵀ S_new`` (accumulated in S's dtype, like
+        scipy's product)
+    """
+    dt = S.dtype
+    S = np.ascontiguousarray(S)
+    indptr, indices, data = csr_parts(X, dt)
+    na = _opt(num_add, S)
+    S_new = np.empty_like(S) if update_S else S
+    XA = np.zeros_like(S)
+    XtS = np.zeros((X.shape[1], S.shape[1]), dtype=dt)
+    _frobenius_kernel(indptr, indices, data, S, np.ascontiguousarray(A, dtype=dt), na,
+                      np.ascontiguousarray(den, dtype=dt), bool(update_S), S_new, XA, XtS)
+    return S_new, XA, XtS.astype(np.float64)
+
+
+def kl_step(X, S, A, *, cX=1.0, num_add=None, den_add=None, update_S=True, with_loss=True, a_stats=True):
+    """KL (I-divergence) MU of a CSR block's S rows and the block's (X ⊘ S_new Aᵀ)ᵀ S_new, one sweep of X.
+
+    The data term's numerator is ``R A`` with ``R = X ⊘ max(S Aᵀ, EPS)`` at the stored entries and
+    its denominator the column sums of A (no mask): ``S_new = S ⊙ ((cX·R A + num_add) /
+    (cX·Σ_j A[j] + den_add))``, the ratio :func:`~dnmf_dask.kernels.solvers.general_block_step`
+    forms (zero denominators as EPS). ``num_add``, ``den_add``: (n, k) or None (each optional).
+
+    Returns
+    -------
+    S_new : ndarray (n, k)
+    RtS : float64 ndarray (n_features, k), ``(X ⊘ max(S_new Aᵀ, EPS))ᵀ S_new`` (zeros if not ``a_stats``)
+    xlog : float, ``Σ x log(x / max(x̂, EPS))`` over the stored x > 0 at the incoming S
+        (0.0 if not ``with_loss``)
+    """
+    dt = S.dtype
+    S = np.ascontiguousarray(S)
+    A = np.ascontiguousarray(A, dtype=dt)
+    indptr, indices, data = csr_parts(X, dt)
+    S_new = np.empty_like(S) if update_S else S
+    RtS = np.zeros((X.shape[1] if a_stats else 0, S.shape[1]), dtype=np.float64)
+    den_row = A.sum(axis=0)
+    xlog = _kl_kernel(indptr, indices, data, S, A, den_row, _opt(num_add, S), _opt(den_add, S), float(cX),
+                      bool(update_S), bool(with_loss), bool(a_stats), S_new, RtS)
+    return S_new, RtS, float(xlog)
