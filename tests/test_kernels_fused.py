@@ -17,6 +17,12 @@ from dnmf_dask.kernels.solvers import general_block_step
 
 pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="numba not available")
 
+
+@pytest.fixture(autouse=True)
+def fused_frobenius_on(monkeypatch):
+    """The Frobenius kernel is off by default in block_step (no faster than scipy); test it on."""
+    monkeypatch.setattr(fused, "FROBENIUS", True)
+
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-11, atol=1e-13)}
 
 

@@ -22,8 +22,10 @@ Rᵀ S in float64.
 Speed (BENCHMARKS.md, #7): both sweeps gather/scatter a random row of A or of XᵀS per
 nonzero; with k = 20 the inner loops run scalar (LLVM's loop vectorizer wants ≥ 32 iterations
 and numba leaves the SLP vectorizer off), so the Frobenius kernel costs about what scipy's two
-products cost; the gain is in KL, where the values of S Aᵀ at the nonzeros are computed in
-registers instead of gathering nnz × k temporaries.
+products cost, or more (measured: 15 vs 15 ns/nz on a quiet core, 46 vs 28 under load), so
+:data:`FROBENIUS` leaves it off in the hot path. The gain is in KL, where the values of S Aᵀ at
+the nonzeros are computed in registers instead of gathering nnz × k temporaries (~2× less CPU),
+and in the NNLS pivoting (:func:`bpp_rows`).
 
 Everything here is optional: if numba cannot be imported (or ``DNMF_DASK_NUMBA=0`` is set in
 the environment) :data:`AVAILABLE` is False and the callers use their numpy/scipy code, which
@@ -50,6 +52,11 @@ except ImportError:  # pragma: no cover
     AVAILABLE = False
 
 EPS = float(np.finfo(np.float32).eps)
+
+#: Use :func:`frobenius_step` in :func:`~dnmf_dask.kernels.nmf.block_step`. Off by default: on
+#: the benchmark machine it was no faster than scipy's two products (see the module docstring
+#: and BENCHMARKS.md); ``DNMF_DASK_FUSED_FROBENIUS=1`` turns it on.
+FROBENIUS = os.environ.get("DNMF_DASK_FUSED_FROBENIUS", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def usable(X, S):

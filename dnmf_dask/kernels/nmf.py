@@ -140,7 +140,7 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
         AtA = AtA.astype(dt, copy=False)
         SAtA = S @ AtA
         den = SAtA if den_L is None else SAtA + den_L
-        if fused.usable(X, S):
+        if fused.FROBENIUS and fused.usable(X, S):
             # one sweep of X: X A, the new rows of S and Xᵀ S_new (kernels/fused.py)
             S_new, XA, stats["XtS"] = fused.frobenius_step(X, S, A, den, num_add=num_L, update_S=update_S)
         else:
