@@ -302,7 +302,7 @@ if AVAILABLE:
         return True
 
     @_jit
-    def _bpp_rows_kernel(G, H, C, P0, max_iter, tol, p_bar, X, P, unfinished):
+    def _bpp_rows_kernel(G, H, U, C, P0, max_iter, tol, p_bar, X, P, unfinished):
         n, k = C.shape
         tiny = np.finfo(np.float64).tiny
         gscale = tiny
@@ -316,7 +316,6 @@ if AVAILABLE:
         nb = np.empty(k, dtype=np.int64)
         rhs = np.empty(k)
         z = np.empty(k)
-        u = np.zeros(k)
         V = np.empty(k, dtype=np.bool_)
         n_iter_max = 0
         n_backup = 0
@@ -328,12 +327,7 @@ if AVAILABLE:
             for a in range(k):
                 cscale = max(cscale, abs(c[a]))
             ok = True
-            if has_H:  # the unconstrained solution u = H c
-                for a in range(k):
-                    v = 0.0
-                    for s in range(k):
-                        v += H[a, s] * c[s]
-                    u[a] = v
+            u = U[i] if has_H else c  # the unconstrained solution H c (unused without H)
             if has_P0:
                 for a in range(k):
                     F[a] = P0[i, a]
@@ -415,9 +409,10 @@ def bpp_rows(G, H, C, P0, max_iter, tol, p_bar):
     X = np.zeros((n, k))
     P = np.zeros((n, k), dtype=bool)
     unf = np.zeros(n, dtype=bool)
+    C = np.ascontiguousarray(C, dtype=np.float64)
     H = np.zeros((0, 0)) if H is None else np.ascontiguousarray(H, dtype=np.float64)
+    U = C @ H if H.shape[0] == k else C  # H symmetric: rows of U are H c
     P0 = np.zeros((0, k), dtype=bool) if P0 is None else np.ascontiguousarray(P0, dtype=bool)
-    n_iter, n_backup = _bpp_rows_kernel(np.ascontiguousarray(G, dtype=np.float64), H,
-                                        np.ascontiguousarray(C, dtype=np.float64), P0, int(max_iter), float(tol),
-                                        int(p_bar), X, P, unf)
+    n_iter, n_backup = _bpp_rows_kernel(np.ascontiguousarray(G, dtype=np.float64), H, U, C, P0, int(max_iter),
+                                        float(tol), int(p_bar), X, P, unf)
     return X, P, int(n_iter), int(n_backup), np.flatnonzero(unf)
