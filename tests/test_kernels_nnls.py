@@ -10,6 +10,19 @@ from dnmf_dask.kernels import nnls as nnls_mod
 from dnmf_dask.kernels.nnls import nnls, nnls_gram, solve_passive
 
 
+@pytest.fixture(autouse=True, params=["numba", "numpy"])
+def bpp_path(request, monkeypatch):
+    """Every test runs on both pivoting paths: compiled row by row (kernels/fused.py, used when
+    numba is importable) and the batched numpy one (no numba, or a singular G)."""
+    from dnmf_dask.kernels import fused
+
+    if request.param == "numba" and not fused.AVAILABLE:
+        pytest.skip("numba not available")
+    if request.param == "numpy":
+        monkeypatch.setattr(fused, "AVAILABLE", False)
+    return request.param
+
+
 def make_problem(rng, n, m, k, density=0.4, noise=0.05):
     A = rng.random((m, k))
     S_true = rng.random((n, k)) * (rng.random((n, k)) < density)

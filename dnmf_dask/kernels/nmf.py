@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from . import fused
+
 EPS = float(np.finfo(np.float32).eps)
 
 
@@ -129,56 +131,68 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
     X, W = split_missing(X, W)
     dt = S.dtype
     A = A.astype(dt, copy=False)
-    XA = np.asarray(X @ A)
     norm_X = _sq_norm(X)
+    stats = {"norm_X": norm_X}
+    labeled, Y, num_L, den_L = _label_parts(S, B, y, lam, dt, stats)
     if W is None:
         if AtA is None:
             AtA = A.T @ A
         AtA = AtA.astype(dt, copy=False)
         SAtA = S @ AtA
+        den = SAtA if den_L is None else SAtA + den_L
+        if fused.FROBENIUS and fused.usable(X, S):
+            # one sweep of X: X A, the new rows of S and Xᵀ S_new (kernels/fused.py)
+            S_new, XA, stats["XtS"] = fused.frobenius_step(X, S, A, den, num_add=num_L, update_S=update_S)
+        else:
+            XA = np.asarray(X @ A)
+            num = XA if num_L is None else XA + num_L
+            S_new = _mu(S, num, den).astype(dt, copy=False) if update_S else S
+            stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
         # ||X − S Aᵀ||² = ||X||² − 2⟨S, X A⟩ + ⟨SᵀS, AᵀA⟩, without forming S Aᵀ
         loss_X = norm_X - 2.0 * float(np.einsum("ij,ij->", S, XA, dtype=np.float64)) + float(
             np.einsum("ij,ij->", S, SAtA, dtype=np.float64)
         )
-        loss_X = max(loss_X, 0.0)
-        den = SAtA
-    else:
-        WSA = masked_product(S, A, W)
-        R = X - WSA
-        loss_X = float(R.multiply(R).sum()) if sp.issparse(R) else float(np.einsum("ij,ij->", R, R, dtype=np.float64))
-        den = np.asarray(WSA @ A)
-    num = XA
-    stats = {"loss_X": loss_X, "norm_X": norm_X}
-
-    labeled = None
-    if B is not None and y is not None:
-        n_classes = B.shape[0]
-        labeled = np.asarray(y) >= 0
-        B = B.astype(dt, copy=False)
-        Y = one_hot(y, n_classes, dt)
-        SB = S @ B.T
-        LSB = SB * labeled[:, None]
-        stats["loss_Y"] = float(np.sum((Y - LSB) ** 2, dtype=np.float64))
-        stats["n_labeled"] = int(labeled.sum())
-        pred = np.argmax(SB, axis=1)
-        stats["n_correct"] = int(np.sum((pred == y) & labeled))
-        if lam > 0:
-            num = num + lam * (Y @ B)
-            den = den + lam * (LSB @ B)
-
-    S_new = _mu(S, num, den) if update_S else S
-    S_new = S_new.astype(dt, copy=False)
-
-    stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
-    if W is None:
+        stats["loss_X"] = max(loss_X, 0.0)
         stats["StS"] = (S_new.T @ S_new).astype(np.float64)
     else:
+        XA = np.asarray(X @ A)
+        WSA = masked_product(S, A, W)
+        R = X - WSA
+        stats["loss_X"] = (float(R.multiply(R).sum()) if sp.issparse(R)
+                           else float(np.einsum("ij,ij->", R, R, dtype=np.float64)))
+        num, den = XA, np.asarray(WSA @ A)
+        if num_L is not None:
+            num, den = num + num_L, den + den_L
+        S_new = _mu(S, num, den).astype(dt, copy=False) if update_S else S
+        stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
         stats["WSAtS"] = np.asarray(masked_product(S_new, A, W).T @ S_new, dtype=np.float64)
     if labeled is not None:
         SL = S_new[labeled]
         stats["YtS"] = (Y[labeled].T @ SL).astype(np.float64)
         stats["StS_L"] = (SL.T @ SL).astype(np.float64)
     return S_new, stats
+
+
+def _label_parts(S, B, y, lam, dt, stats):
+    """The label term of a block at the incoming S (SSNMF), or Nones without labels.
+
+    Adds ``loss_Y``, ``n_labeled``, ``n_correct`` to ``stats``; returns (labeled mask, one-hot
+    Y, the S-update numerator term λ Y B, denominator term λ (L⊙S Bᵀ) B) -- the last two None
+    when ``lam == 0``.
+    """
+    if B is None or y is None:
+        return None, None, None, None
+    labeled = np.asarray(y) >= 0
+    B = B.astype(dt, copy=False)
+    Y = one_hot(y, B.shape[0], dt)
+    SB = S @ B.T
+    LSB = SB * labeled[:, None]
+    stats["loss_Y"] = float(np.sum((Y - LSB) ** 2, dtype=np.float64))
+    stats["n_labeled"] = int(labeled.sum())
+    stats["n_correct"] = int(np.sum((np.argmax(SB, axis=1) == y) & labeled))
+    if lam > 0:
+        return labeled, Y, lam * (Y @ B), lam * (LSB @ B)
+    return labeled, Y, None, None
 
 
 def update_factor(F, num, den_gram=None, den_full=None):

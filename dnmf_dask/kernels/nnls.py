@@ -600,8 +600,17 @@ def nnls_gram(G, C, *, S0=None, max_iter=None, tol=1e-10, return_info=False):
 
 
 def _nnls_core(solver, C64, P0, max_iter, tol):
-    """BPP + fallback + exact nonnegativity on validated float64 input; returns (S64, info)."""
-    X, P, n_iter, n_backup, unfinished = _bpp(solver, C64, P0, max_iter, tol)
+    """BPP + fallback + exact nonnegativity on validated float64 input; returns (S64, info).
+
+    With numba and a non-singular G the pivoting runs row by row in compiled code
+    (:func:`dnmf_dask.kernels.fused.bpp_rows`, the same rules); otherwise batched in numpy.
+    """
+    from . import fused
+
+    if fused.AVAILABLE and not solver.singular and solver.k > 0:
+        X, P, n_iter, n_backup, unfinished = fused.bpp_rows(solver.G, solver.H, C64, P0, max_iter, tol, _P_BAR)
+    else:
+        X, P, n_iter, n_backup, unfinished = _bpp(solver, C64, P0, max_iter, tol)
     info = {
         "n_iter": n_iter,
         "n_backup": int(n_backup),

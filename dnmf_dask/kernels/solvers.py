@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from . import fused
 from .nmf import EPS, _safe_ratio, one_hot, split_missing
 
 #: float64 machine epsilon: A entries below it are set to 0 after a KL update (as scikit-learn)
@@ -230,7 +231,9 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
     if AtA is None:
         AtA = A.T @ A
     AtA = AtA.astype(dt, copy=False)
-    lossX, num, den = data_term(X, S, A, W, loss, AtA, norm_X)
+    # KL MU on a CSR block: one sweep of X does the S update, the divergence and the A sums
+    fuse = loss != "frobenius" and W is None and solver == "mu" and fused.usable(X, S)
+    lossX, num, den = (None, None, None) if fuse else data_term(X, S, A, W, loss, AtA, norm_X)
     cX = weight(loss)
     stats = {"loss_X": lossX, "norm_X": norm_X, "S_l1": float(S.sum(dtype=np.float64)),
              "S_sq": float(np.einsum("ij,ij->", S, S, dtype=np.float64))}
@@ -243,7 +246,11 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
         stats["loss_Y"] = lossY
         stats["n_labeled"] = int(labeled.sum())
         stats["n_correct"] = int(np.sum((np.argmax(S @ B.T, axis=1) == y) & labeled))
-    if not update_S:
+    if fuse:
+        S_new, RtS, stats["loss_X"] = _kl_fused(X, S, A, cX, update_S, a_stats, l1_S, l2_S,
+                                                lam * weight(label_loss) * numY if labeled is not None and lam > 0 else None,
+                                                lam * weight(label_loss) * denY if labeled is not None and lam > 0 else None)
+    elif not update_S:
         S_new = S
     elif solver == "mu":
         num, den = cX * num, cX * den
@@ -270,8 +277,11 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
 
             stats["WSAtS"] = np.asarray(masked_product(S_new, A, W).T @ S_new, dtype=np.float64)
     else:
-        R, _ = kl_ratio(X, S_new, A)
-        stats["RtS"] = np.asarray(R.T @ S_new, dtype=np.float64)
+        if fuse:
+            stats["RtS"] = RtS
+        else:
+            R, _ = kl_ratio(X, S_new, A)
+            stats["RtS"] = np.asarray(R.T @ S_new, dtype=np.float64)
         if W is None:
             stats["S_sum"] = S_new.sum(axis=0).astype(np.float64)
         else:
@@ -279,6 +289,24 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
     if labeled is not None:
         stats.update(label_stats(Y, labeled, S_new, B, label_loss))
     return S_new, stats
+
+
+def _kl_fused(X, S, A, cX, update_S, a_stats, l1_S, l2_S, num_L, den_L):
+    """The KL MU step of :func:`general_block_step` by :func:`~dnmf_dask.kernels.fused.kl_step`.
+
+    ``num_L``, ``den_L`` are the weighted label terms (or None); the penalties join the
+    denominator as in the numpy path. Returns (S_new, RtS, loss_X).
+    """
+    den_add = den_L
+    for extra in ((cX * l1_S) if l1_S else None, (cX * l2_S * S) if l2_S else None):
+        if extra is not None:
+            den_add = extra if den_add is None else den_add + extra
+    if den_add is not None:
+        den_add = np.broadcast_to(den_add, S.shape)
+    S_new, RtS, xlog = fused.kl_step(X, S, A, cX=cX, num_add=num_L, den_add=den_add, update_S=update_S,
+                                     a_stats=a_stats)
+    xhat_sum = float(S.sum(axis=0, dtype=np.float64) @ A.sum(axis=0, dtype=np.float64))
+    return S_new, RtS, max(xlog - _sum_x(X) + xhat_sum, 0.0)
 
 
 # -- driver-side updates of A and B ---------------------------------------------------------

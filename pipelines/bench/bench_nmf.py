@@ -9,7 +9,8 @@ Sections (each prints seconds *and* ratios measured in this run):
 * ``sparse`` - a random sparse count matrix with realistic skew (log-normal document lengths,
   Zipf word popularity), float32, k = 20:
   floors (a) our per-block kernels (:func:`dnmf_dask.kernels.nmf.block_step`,
-  :func:`~dnmf_dask.kernels.nmf.update_factor`) in a plain loop, no dask; the two scipy sparse
+  :func:`~dnmf_dask.kernels.nmf.update_factor`) in a plain loop, no dask, and (a') the same loop
+  with the fused numba sweep of :mod:`dnmf_dask.kernels.fused` switched the other way; the two scipy sparse
   products of one iteration; (c) reading and decoding X's blocks from a zarr corpus store;
   ours with ``scheduler="threads"``; scikit-learn ``NMF(solver="mu")`` and ``solver="cd"``;
   seconds and ns per nonzero per iteration, and the relative error each reaches in the time our
@@ -238,6 +239,17 @@ def section_matrix(label, X, args, skip, store=None):
     fa, nb, how = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
     res["floor_a"] = fa
     row(f"floor (a) kernels, plain loop ({nb} blocks)", fa, nnz, extra=how)
+    if sp.issparse(X):
+        from dnmf_dask.kernels import fused
+
+        if fused.AVAILABLE:  # the same loop with the fused numba sweep (off by default in block_step)
+            was, fused.FROBENIUS = fused.FROBENIUS, not fused.FROBENIUS
+            try:
+                fs, _, how_s = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
+            finally:
+                fused.FROBENIUS = was
+            res["floor_a_other"] = fs
+            row(f"floor (a') the same, fused numba sweep {'off' if was else 'on'}", fs, nnz, fa, extra=how_s)
     fb = floor_products(X, k, seed)
     res["floor_b"] = fb
     row("floor (b) X@A + X.T@S" + (" (scipy)" if sp.issparse(X) else " (GEMMs)"), fb, nnz)

@@ -1,0 +1,418 @@
+"""Fused single-sweep sparse kernels (numba) for the multiplicative updates of one CSR row block.
+
+The numpy/scipy kernels of :mod:`dnmf_dask.kernels.nmf` and :mod:`dnmf_dask.kernels.solvers`
+form each product of an iteration with its own scipy call (``X @ A``, then ``X.T @ S_new``;
+for KL the values of S Aᵀ at the nonzeros by gathering nnz × k rows, twice). Here one loop over
+the block's rows does, row by row, everything an iteration needs from that row:
+
+* Frobenius (:func:`frobenius_step`): ``xa = X[i] A`` (a sweep of the row's nonzeros), the new
+  row ``S_new[i] = S[i] ⊙ (xa + num_add[i]) / den[i]`` (``den = S AᵀA`` does not involve X and
+  comes from BLAS) and its contribution ``XᵀS_new[j] += x_ij S_new[i]`` (a second sweep of the
+  same nonzeros, now in cache);
+* KL (:func:`kl_step`): ``x̂_ij = S[i]·A[j]``, ``num = Σ_j x_ij/max(x̂_ij, EPS) A[j]``, the
+  divergence term ``Σ x log(x/x̂)``, the new row, and at the new row
+  ``RᵀS_new[j] += x_ij/max(S_new[i]·A[j], EPS) S_new[i]``.
+
+So X is read from memory once per iteration and no nnz × k temporary is formed. The kernels
+are serial and release the GIL (``nogil``): the parallelism is over row blocks (dask's task
+threads or worker processes, one BLAS thread each), so nested threads would only oversubscribe
+the cores. The Frobenius Xᵀ S accumulates in S's dtype (as scipy's product does), the KL
+Rᵀ S in float64.
+
+Speed (BENCHMARKS.md, #7): both sweeps gather/scatter a random row of A or of XᵀS per
+nonzero; with k = 20 the inner loops run scalar (LLVM's loop vectorizer wants ≥ 32 iterations
+and numba leaves the SLP vectorizer off), so the Frobenius kernel costs about what scipy's two
+products cost, or more (measured: 15 vs 15 ns/nz on a quiet core, 46 vs 28 under load), so
+:data:`FROBENIUS` leaves it off in the hot path. The gain is in KL, where the values of S Aᵀ at
+the nonzeros are computed in registers instead of gathering nnz × k temporaries (~2× less CPU),
+and in the NNLS pivoting (:func:`bpp_rows`).
+
+Everything here is optional: if numba cannot be imported (or ``DNMF_DASK_NUMBA=0`` is set in
+the environment) :data:`AVAILABLE` is False and the callers use their numpy/scipy code, which
+stays the reference the tests compare these kernels with. Compiled code is cached on disk
+(``cache=True``), so only the first process on a machine pays the compile time (~1-2 s per
+dtype combination).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import scipy.sparse as sp
+
+try:  # pragma: no cover - exercised by whichever branch the environment has
+    if os.environ.get("DNMF_DASK_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+        raise ImportError("disabled by DNMF_DASK_NUMBA")
+    import numba
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover
+    numba = None
+    AVAILABLE = False
+
+EPS = float(np.finfo(np.float32).eps)
+
+#: Use :func:`frobenius_step` in :func:`~dnmf_dask.kernels.nmf.block_step`. Off by default: on
+#: the benchmark machine it was no faster than scipy's two products (see the module docstring
+#: and BENCHMARKS.md); ``DNMF_DASK_FUSED_FROBENIUS=1`` turns it on.
+FROBENIUS = os.environ.get("DNMF_DASK_FUSED_FROBENIUS", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def usable(X, S):
+    """True when the fused kernels apply: numba present, X a CSR matrix/array, S a float ndarray."""
+    return (AVAILABLE and sp.issparse(X) and X.format == "csr" and isinstance(S, np.ndarray)
+            and S.dtype in (np.float32, np.float64))
+
+
+def csr_parts(X, dtype):
+    """(indptr, indices, data) of csr X with data in ``dtype`` (a copy only if it differs)."""
+    return X.indptr, X.indices, np.asarray(X.data, dtype=dtype)
+
+
+if AVAILABLE:
+    _jit = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+
+    @_jit
+    def _frobenius_kernel(indptr, indices, data, S, A, num_add, den, update_S, S_new, XA, XtS):
+        n, k = S.shape
+        has_add = num_add.shape[0] == n
+        eps = S.dtype.type(EPS)
+        for i in range(n):
+            # X[i] A, accumulated in XA's row (the loop over k runs scalar for k < 32)
+            for p in range(indptr[i], indptr[i + 1]):
+                x = data[p]
+                j = indices[p]
+                for t in range(k):
+                    XA[i, t] += x * A[j, t]
+            if update_S:
+                for t in range(k):
+                    d = den[i, t]
+                    if d == 0:
+                        d = eps
+                    num = XA[i, t] + num_add[i, t] if has_add else XA[i, t]
+                    S_new[i, t] = S[i, t] * num / d
+            # X[i]ᵀ S_new[i], scattered into the rows of XtS; the row's nonzeros are in cache
+            for p in range(indptr[i], indptr[i + 1]):
+                x = data[p]
+                j = indices[p]
+                for t in range(k):
+                    XtS[j, t] += x * S_new[i, t]
+
+    @numba.njit(nogil=True, fastmath=True, inline="always")
+    def _row_dot(S, i, A, j, k):
+        """S[i]·A[j] with four independent partial sums (a single chain of k dependent adds
+        is latency-bound; k is too short for LLVM's loop vectorizer)."""
+        z = S.dtype.type(0.0)
+        a0 = z
+        a1 = z
+        a2 = z
+        a3 = z
+        k4 = k - k % 4
+        for t in range(0, k4, 4):
+            a0 += S[i, t] * A[j, t]
+            a1 += S[i, t + 1] * A[j, t + 1]
+            a2 += S[i, t + 2] * A[j, t + 2]
+            a3 += S[i, t + 3] * A[j, t + 3]
+        for t in range(k4, k):
+            a0 += S[i, t] * A[j, t]
+        return (a0 + a1) + (a2 + a3)
+
+    @_jit
+    def _kl_kernel(indptr, indices, data, S, A, den_row, num_add, den_add, cX, update_S, with_loss, a_stats,
+                   S_new, RtS):
+        n, k = S.shape
+        has_na = num_add.shape[0] == n
+        has_da = den_add.shape[0] == n
+        num = np.empty(k, dtype=S.dtype)
+        eps = S.dtype.type(EPS)
+        cx = S.dtype.type(cX)
+        xlog = 0.0
+        for i in range(n):
+            if update_S:
+                for t in range(k):
+                    num[t] = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                x = data[p]
+                j = indices[p]
+                xh = max(_row_dot(S, i, A, j, k), eps)
+                if with_loss and x > 0:
+                    xlog += float(x) * np.log(float(x) / float(xh))
+                if update_S:
+                    r = x / xh
+                    for t in range(k):
+                        num[t] += r * A[j, t]
+            if update_S:
+                for t in range(k):
+                    nm = cx * num[t]
+                    d = cx * den_row[t]
+                    if has_na:
+                        nm = nm + num_add[i, t]
+                    if has_da:
+                        d = d + den_add[i, t]
+                    if d == 0:
+                        d = eps
+                    S_new[i, t] = S[i, t] * (nm / d)
+            if a_stats:
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    r = float(data[p] / max(_row_dot(S_new, i, A, j, k), eps))
+                    for t in range(k):
+                        RtS[j, t] += r * S_new[i, t]
+        return xlog
+
+
+def _opt(F, S):
+    """An optional additive (n, k) term in S's dtype, or an empty (0, k) placeholder for "none"."""
+    if F is None:
+        return np.zeros((0, S.shape[1]), dtype=S.dtype)
+    return np.ascontiguousarray(np.broadcast_to(F, S.shape), dtype=S.dtype)
+
+
+def frobenius_step(X, S, A, den, *, num_add=None, update_S=True):
+    """Frobenius MU of a CSR block's S rows and the block's Xᵀ S_new, in one sweep of X.
+
+    Parameters
+    ----------
+    X : csr_matrix (n, n_features)
+    S : ndarray (n, k), float32 or float64 (A, den and X's values are cast to its dtype)
+    A : ndarray (n_features, k)
+    den : ndarray (n, k)
+        The update's denominator, e.g. ``S AᵀA`` (+ λ (L⊙S Bᵀ) B); it does not depend on X.
+    num_add : ndarray (n, k) or None
+        Added to the numerator ``X A`` (e.g. λ Y B).
+    update_S : bool
+        False: S_new = S (evaluation pass).
+
+    Returns
+    -------
+    S_new : ndarray (n, k), ``S ⊙ (X A + num_add) / den`` (zero denominators as EPS)
+    XA : ndarray (n, k), ``X A``
+    XtS : float64 ndarray (n_features, k), ``Xᵀ S_new`` (accumulated in S's dtype, like
+        scipy's product)
+    """
+    dt = S.dtype
+    S = np.ascontiguousarray(S)
+    indptr, indices, data = csr_parts(X, dt)
+    na = _opt(num_add, S)
+    S_new = np.empty_like(S) if update_S else S
+    XA = np.zeros_like(S)
+    XtS = np.zeros((X.shape[1], S.shape[1]), dtype=dt)
+    _frobenius_kernel(indptr, indices, data, S, np.ascontiguousarray(A, dtype=dt), na,
+                      np.ascontiguousarray(den, dtype=dt), bool(update_S), S_new, XA, XtS)
+    return S_new, XA, XtS.astype(np.float64)
+
+
+def kl_step(X, S, A, *, cX=1.0, num_add=None, den_add=None, update_S=True, with_loss=True, a_stats=True):
+    """KL (I-divergence) MU of a CSR block's S rows and the block's (X ⊘ S_new Aᵀ)ᵀ S_new, one sweep of X.
+
+    The data term's numerator is ``R A`` with ``R = X ⊘ max(S Aᵀ, EPS)`` at the stored entries and
+    its denominator the column sums of A (no mask): ``S_new = S ⊙ ((cX·R A + num_add) /
+    (cX·Σ_j A[j] + den_add))``, the ratio :func:`~dnmf_dask.kernels.solvers.general_block_step`
+    forms (zero denominators as EPS). ``num_add``, ``den_add``: (n, k) or None (each optional).
+
+    Returns
+    -------
+    S_new : ndarray (n, k)
+    RtS : float64 ndarray (n_features, k), ``(X ⊘ max(S_new Aᵀ, EPS))ᵀ S_new`` (zeros if not ``a_stats``)
+    xlog : float, ``Σ x log(x / max(x̂, EPS))`` over the stored x > 0 at the incoming S
+        (0.0 if not ``with_loss``)
+    """
+    dt = S.dtype
+    S = np.ascontiguousarray(S)
+    A = np.ascontiguousarray(A, dtype=dt)
+    indptr, indices, data = csr_parts(X, dt)
+    S_new = np.empty_like(S) if update_S else S
+    RtS = np.zeros((X.shape[1] if a_stats else 0, S.shape[1]), dtype=np.float64)
+    den_row = A.sum(axis=0)
+    xlog = _kl_kernel(indptr, indices, data, S, A, den_row, _opt(num_add, S), _opt(den_add, S), float(cX),
+                      bool(update_S), bool(with_loss), bool(a_stats), S_new, RtS)
+    return S_new, RtS, float(xlog)
+
+
+# -- batched NNLS: block principal pivoting one row at a time ---------------------------------
+if AVAILABLE:
+    @_jit
+    def _chol_solve_sub(Q, idx, m, rhs, M, out):
+        """out[r] = (Q[idx, idx]⁻¹ rhs)[r] for r < m, by Cholesky; False if not numerically SPD."""
+        for r in range(m):
+            for s in range(r + 1):
+                M[r, s] = Q[idx[r], idx[s]]
+        for r in range(m):  # M = L Lᵀ, L in the lower triangle
+            d = M[r, r]
+            for s in range(r):
+                d -= M[r, s] * M[r, s]
+            if not d > 0.0:
+                return False
+            d = np.sqrt(d)
+            M[r, r] = d
+            for q in range(r + 1, m):
+                v = M[q, r]
+                for s in range(r):
+                    v -= M[q, s] * M[r, s]
+                M[q, r] = v / d
+        for r in range(m):  # L z = rhs
+            v = rhs[r]
+            for s in range(r):
+                v -= M[r, s] * out[s]
+            out[r] = v / M[r, r]
+        for r in range(m - 1, -1, -1):  # Lᵀ out = z
+            v = out[r]
+            for s in range(r + 1, m):
+                v -= M[s, r] * out[s]
+            out[r] = v / M[r, r]
+        return True
+
+    @_jit
+    def _solve_passive_row(G, H, u, c, P, x, M, b, nb, rhs, z):
+        """x_F = G_FF⁻¹ c_F (0 off F); False if the system is not numerically SPD.
+
+        With ``H = G⁻¹`` and ``u = H c`` and fewer zeros than passive entries, through the
+        zero set N instead (as the numpy path): ``x_F = u_F − H_FN H_NN⁻¹ u_N``.
+        """
+        k = G.shape[0]
+        m = 0
+        q = 0
+        for a in range(k):
+            x[a] = 0.0
+            if P[a]:
+                b[m] = a
+                m += 1
+            else:
+                nb[q] = a
+                q += 1
+        if H.shape[0] == k and q < m:
+            for r in range(q):
+                rhs[r] = u[nb[r]]
+            if not _chol_solve_sub(H, nb, q, rhs, M, z):
+                return False
+            for r in range(m):
+                a = b[r]
+                v = u[a]
+                for s in range(q):
+                    v -= H[a, nb[s]] * z[s]
+                x[a] = v
+            return True
+        for r in range(m):
+            rhs[r] = c[b[r]]
+        if not _chol_solve_sub(G, b, m, rhs, M, z):
+            return False
+        for r in range(m):
+            x[b[r]] = z[r]
+        return True
+
+    @_jit
+    def _bpp_rows_kernel(G, H, U, C, P0, max_iter, tol, p_bar, X, P, unfinished):
+        n, k = C.shape
+        tiny = np.finfo(np.float64).tiny
+        gscale = tiny
+        for a in range(k):
+            gscale = max(gscale, abs(G[a, a]))
+        has_H = H.shape[0] == k
+        has_P0 = P0.shape[0] == n
+        y = np.empty(k)
+        M = np.empty((k, k))
+        b = np.empty(k, dtype=np.int64)
+        nb = np.empty(k, dtype=np.int64)
+        rhs = np.empty(k)
+        z = np.empty(k)
+        V = np.empty(k, dtype=np.bool_)
+        n_iter_max = 0
+        n_backup = 0
+        for i in range(n):
+            c = C[i]
+            x = X[i]
+            F = P[i]
+            cscale = 0.0
+            for a in range(k):
+                cscale = max(cscale, abs(c[a]))
+            ok = True
+            u = U[i] if has_H else c  # the unconstrained solution H c (unused without H)
+            if has_P0:
+                for a in range(k):
+                    F[a] = P0[i, a]
+                ok = _solve_passive_row(G, H, u, c, F, x, M, b, nb, rhs, z)
+            elif has_H:  # everything passive: the unconstrained solution
+                for a in range(k):
+                    F[a] = True
+                    x[a] = u[a]
+            else:
+                for a in range(k):
+                    F[a] = False
+                    x[a] = 0.0
+            ninf = k + 1
+            pcount = p_bar
+            it = 0
+            while ok:
+                xmax = 0.0
+                for a in range(k):
+                    xmax = max(xmax, x[a])
+                for a in range(k):
+                    if not F[a]:
+                        v = -c[a]
+                        for s in range(k):
+                            v += G[a, s] * x[s]
+                        y[a] = v
+                thr = -tol * max(cscale + gscale * xmax, tiny)
+                nv = 0
+                last = -1
+                for a in range(k):
+                    w = x[a] * gscale if F[a] else y[a]
+                    V[a] = w < thr
+                    if V[a]:
+                        nv += 1
+                        last = a
+                if nv == 0:
+                    break
+                if it >= max_iter:
+                    ok = False
+                    break
+                it += 1
+                if nv < ninf:
+                    ninf = nv
+                    pcount = p_bar
+                elif pcount >= 1:
+                    pcount -= 1
+                else:  # backup rule: exchange only the infeasible variable of largest index
+                    n_backup += 1
+                    for a in range(k):
+                        V[a] = a == last
+                for a in range(k):
+                    if V[a]:
+                        F[a] = not F[a]
+                ok = _solve_passive_row(G, H, u, c, F, x, M, b, nb, rhs, z)
+            n_iter_max = max(n_iter_max, it)
+            unfinished[i] = not ok
+        return n_iter_max, n_backup
+
+
+def bpp_rows(G, H, C, P0, max_iter, tol, p_bar):
+    """Kim & Park block principal pivoting (as :func:`dnmf_dask.kernels.nnls._bpp`), one row at a time.
+
+    Same initial partition (``P0``; else all passive with the unconstrained solution ``H c``
+    when ``H = G⁻¹`` is given; else all active), KKT test, full exchange with ``p_bar`` tries and
+    backup rule, but each row is iterated to the end by itself in compiled code (no numpy
+    overhead per pivoting round), with G_FF solved by Cholesky (or, given H and with fewer zeros
+    than passive entries, H_NN on the zero set, as the numpy path). For non-singular G only.
+
+    Parameters
+    ----------
+    G : float64 (k, k); H : float64 (k, k) or None; C : float64 (n, k); P0 : bool (n, k) or None
+
+    Returns
+    -------
+    X : float64 (n, k), P : bool (n, k) (final passive sets), n_iter (max over rows),
+    n_backup (row-iterations that used the backup rule), unfinished : int64 indices of rows that
+    hit ``max_iter`` or met a non-SPD G_FF (to be finished by another solver)
+    """
+    n, k = C.shape
+    X = np.zeros((n, k))
+    P = np.zeros((n, k), dtype=bool)
+    unf = np.zeros(n, dtype=bool)
+    C = np.ascontiguousarray(C, dtype=np.float64)
+    H = np.zeros((0, 0)) if H is None else np.ascontiguousarray(H, dtype=np.float64)
+    U = C @ H if H.shape[0] == k else C  # H symmetric: rows of U are H c
+    P0 = np.zeros((0, k), dtype=bool) if P0 is None else np.ascontiguousarray(P0, dtype=bool)
+    n_iter, n_backup = _bpp_rows_kernel(np.ascontiguousarray(G, dtype=np.float64), H, U, C, P0, int(max_iter),
+                                        float(tol), int(p_bar), X, P, unf)
+    return X, P, int(n_iter), int(n_backup), np.flatnonzero(unf)
