@@ -18,7 +18,7 @@ from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
 from ..kernels.neural import LABEL_LOSSES, chunk_cost_grad, fit_classifier
 from ..kernels.solvers import canonical_loss
-from ..parallel.mapreduce import map_reduce
+from ..parallel.mapreduce import map_reduce, one_blas_thread
 from .. import progress
 from ..parallel.scheduler import scheduler_context
 from ..store.checkpoint import rng_from_json, rng_state_to_json
@@ -47,6 +47,20 @@ def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss):
         st["SL_lab"] = [np.asarray(ex["S"][-1][lab], dtype=np.float64)]
         st["y_lab"] = [np.asarray(y[lab], dtype=np.int64)]
     return None, st
+
+
+def _direct_block(per_block, info):
+    """``(X, y)`` of the only block when the data is one in-memory (numpy / scipy) block, else None.
+
+    The block is fetched once (it is already in memory); the caller then calls the kernel task
+    directly on it instead of mapping it through a dask graph every pass.
+    """
+    if len(per_block) != 1 or info.get("kind") not in ("numpy", "sparse"):
+        return None
+    Xb, yb = per_block[0]
+    if hasattr(Xb, "dask"):  # a persisted Delayed / dask array: fetch the block once
+        Xb = dask.compute(Xb, scheduler="synchronous")[0]
+    return Xb, yb
 
 
 class NeuralNMF(HierarchicalNMF):
@@ -224,11 +238,19 @@ class NeuralNMF(HierarchicalNMF):
             project_B = (lambda M: M) if ce else (lambda M: np.maximum(M, 0.0))
             y_parts = blocks.split(codes)
             per_block = list(zip(blocks.X, y_parts))
+            task_kw = dict(lam=lam, cost=self.cost, label_loss=self.label_loss)
+            # one in-memory block: every pass is one kernel call, so the epochs run without
+            # building a dask graph each (the graph would cost more than the arithmetic); the
+            # kernel and its arguments are those of the dask task, so the results are the same
+            direct = _direct_block(per_block, info)
 
             def evaluate(As, B, idx=None):
+                if direct is not None:
+                    with one_blas_thread():  # the BLAS setting of the dask tasks
+                        return _cost_grad_task(*direct, As=list(As), B=B, **task_kw)[1]
                 items = per_block if idx is None else [per_block[i] for i in idx]
                 _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
-                                   lam=lam, cost=self.cost, label_loss=self.label_loss)
+                                   **task_kw)
                 return st
 
             hist = {k: [] for k in ("cost", "rel_error", "loss_Y", "accuracy_labeled", "step")}
