@@ -59,6 +59,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
+from dnmf_dask.kernels.nmf import EPS
 from dnmf_dask.kernels.solvers import canonical_loss
 from dnmf_dask.kernels.nnls import (
     _PassiveSolver,
@@ -74,9 +75,10 @@ __all__ = ["forward", "chunk_cost_grad", "fit_classifier", "sum_results", "COSTS
 
 #: the supported cost functions.
 COSTS = ("reconstruction", "layerwise")
-#: label terms: squared error ||L ⊙ (Y − B S)||² (paper eq. 7) or softmax cross-entropy over B S
-#: (the classifier of the Neural NMF authors' code)
-LABEL_LOSSES = ("frobenius", "cross-entropy")
+#: label terms: squared error ||L ⊙ (Y − B S)||² (paper eq. 7), the I-divergence
+#: D(Y || B S) = Σ [y log(y / z) − y + z] (B ≥ 0, "kl" / "i-divergence" are aliases) or softmax
+#: cross-entropy over B S (the classifier of the Neural NMF authors' code)
+LABEL_LOSSES = ("frobenius", "kullback-leibler", "cross-entropy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +208,13 @@ def _label_term(Z, Yl, label_loss):
     if label_loss == "frobenius":
         R = Yl - Z
         return _sqnorm(R), -2.0 * R  # ||Y - Z||^2
+    if label_loss == "kullback-leibler":
+        # Σ y log(y / z) − y + z, with z clipped to EPS inside the log (as kernels.solvers);
+        # where z < EPS the log part is constant, so only the "+ z" part has a gradient there
+        zc = np.maximum(Z, EPS)
+        pos = Yl > 0
+        term = float(np.sum(Yl[pos] * np.log(Yl[pos] / zc[pos])) - np.sum(Yl) + np.sum(Z, dtype=np.float64))
+        return term, 1.0 - np.where(Z > EPS, Yl / zc, 0.0)
     logp = _log_softmax(Z)
     return -float(np.sum(logp[Yl > 0])), np.exp(logp) - Yl  # summed cross-entropy
 
@@ -213,9 +222,9 @@ def _label_term(Z, Yl, label_loss):
 def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
     """Refit the classifier B to fixed last-layer codes: argmin_B of the label term.
 
-    The label term is convex in B for both losses, so this is the exact block-coordinate step
-    for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF),
-    signed for "cross-entropy". Returns the new B and its (unweighted) label term; the result
+    The label term is convex in B for all three losses, so this is the exact block-coordinate
+    step for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF)
+    and "kullback-leibler", signed for "cross-entropy". Returns the new B and its (unweighted) label term; the result
     is never worse than the start.
 
     Parameters
@@ -239,12 +248,13 @@ def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
     start = f(B.ravel())[0]
     if SL.shape[0] == 0 or max_iter == 0:
         return B, start
-    bounds = [(0.0, None)] * B.size if label_loss == "frobenius" else None
+    nonneg = label_loss != "cross-entropy"
+    bounds = [(0.0, None)] * B.size if nonneg else None
     res = minimize(f, B.ravel(), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": int(max_iter)})
     if not np.isfinite(res.fun) or res.fun > start:
         return B, start
     Bn = res.x.reshape(B.shape)
-    if label_loss == "frobenius":
+    if nonneg:
         Bn = np.maximum(Bn, 0.0)
     return Bn, float(f(Bn.ravel())[0])
 
@@ -288,8 +298,10 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     cost : "reconstruction" (paper eq. 7) or "layerwise" (sum of the layers' energies).
     solver : dict, optional, options of the NNLS (``max_iter``, ``tol``).
     return_S : bool, also put the forward pass ``[S[0], ..., S[L]]`` in ``extras["S"]``.
-    label_loss : "frobenius" (``||L ⊙ (Y − B S_L)||²``, the paper's eq. 7) or "cross-entropy"
-        (``−Σ_labeled log softmax(B s_m)[y_m]``; B is then an unconstrained linear classifier).
+    label_loss : "frobenius" (``||L ⊙ (Y − B S_L)||²``, the paper's eq. 7), "kullback-leibler"
+        (alias "kl", "i-divergence": ``Σ_labeled y log(y / z) − y + z`` with ``z = B s_m``, clipped
+        to ``EPS`` inside the log; B ≥ 0) or "cross-entropy" (``−Σ_labeled log softmax(B s_m)[y_m]``;
+        B is then an unconstrained linear classifier).
 
     Returns
     -------

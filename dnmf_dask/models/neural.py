@@ -80,8 +80,9 @@ class NeuralNMF(HierarchicalNMF):
     ----------
     ranks : sequence of int (k0, …, kL)
     lam : float, default 1.0 — weight λ of the label term
-    label_loss : {'frobenius', 'cross-entropy'} — squared error on one-hot labels (B ≥ 0) or
-        softmax cross-entropy (B signed). A 9-class problem read off a 2- or 4-dimensional last
+    label_loss : {'frobenius', 'kullback-leibler', 'cross-entropy'} — squared error on one-hot
+        labels (B ≥ 0), I-divergence D(Y || B S_L) (aliases 'kl', 'i-divergence'; B ≥ 0) or softmax
+        cross-entropy (B signed). A 9-class problem read off a 2- or 4-dimensional last
         layer needs the latter: no B ≥ 0 separates it by squared error (pipelines/table1.py).
     cost : {'reconstruction', 'layerwise'}
     solver : {'pgd', 'sgd'}
@@ -98,7 +99,7 @@ class NeuralNMF(HierarchicalNMF):
         plain gradient with one step for all factors
     classifier_iter : int, default 50 — after every step of the factors, B is refitted to the
         current last layer (the label term is convex in B: an exact block-coordinate step, to this
-        many L-BFGS-B iterations; B ≥ 0 for 'frobenius'); 0 = B only moves with the joint
+        many L-BFGS-B iterations; B ≥ 0 unless 'cross-entropy'); 0 = B only moves with the joint
         gradient step
     learning_rate, decay, batch_size : sgd settings (batch_size sets the rows per block for
         in-memory X; dask/corpus inputs use their blocks)
@@ -271,7 +272,8 @@ class NeuralNMF(HierarchicalNMF):
                 if not refits_B or st["n_labeled"] == 0:
                     return st, B
                 SLl, yl = np.vstack(st["SL_lab"]), np.concatenate(st["y_lab"])
-                B_new, _ = fit_classifier(SLl, yl, B, self.label_loss, self.classifier_iter)
+                with one_blas_thread():  # multithreaded BLAS made L-BFGS-B's tiny products 25x slower
+                    B_new, _ = fit_classifier(SLl, yl, B, self.label_loss, self.classifier_iter)
                 B_new = B_new.astype(dtype)
                 return evaluate(As, B_new), B_new
 
