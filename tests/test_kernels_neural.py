@@ -345,3 +345,20 @@ def test_fit_classifier_reaches_the_independent_optimum():
     # never worse than the start, and max_iter=0 keeps B
     assert fit_classifier(SL, y, B0, "cross-entropy", max_iter=0)[0] is not None
     np.testing.assert_array_equal(fit_classifier(SL, y, B0, "frobenius", max_iter=0)[0], B0)
+
+
+def test_warm_start_gives_the_same_pass():
+    """S0 (a forward pass at other factors) only changes where the NNLS pivoting starts."""
+    rng, X, As, B = make_problem(2, 3)
+    y = labels(rng, "semisupervised")
+    c, g, gB, ex = chunk_cost_grad(X, As, B, y, 0.7, return_S=True)
+    S_other = forward(X, [A * (1.0 + 0.3 * rng.random(A.shape)) for A in As])  # other supports
+    for S0 in (ex["S"], S_other):
+        c2, g2, gB2, ex2 = chunk_cost_grad(X, As, B, y, 0.7, return_S=True, S0=S0)
+        assert c2 == pytest.approx(c, rel=1e-12)
+        for a, b in zip(g2 + [gB2] + ex2["S"], g + [gB] + ex["S"]):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(DNMFValueError, match="S0"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=ex["S"][:2])
+    with pytest.raises(DNMFValueError, match=r"S0\[1\]"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=[ex["S"][0], ex["S"][0], ex["S"][2]])

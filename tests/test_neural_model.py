@@ -77,7 +77,7 @@ def test_cross_entropy_reads_nine_classes_off_four_codes(toy):
 @pytest.mark.parametrize("label_loss", ["frobenius", "cross-entropy"])
 def test_in_memory_single_block_runs_without_dask_and_matches_the_dask_path(toy, label_loss, monkeypatch):
     """One numpy block: the epochs call the kernel directly (no graph); a one-chunk dask array of
-    the same data goes through map_reduce; both give the same fit to 1e-10."""
+    the same data goes through map_reduce; both give the same fit to 1e-10 (the direct path also warm-starts its NNLS)."""
     import dask.array as da
 
     from dnmf_dask.models import neural
@@ -91,8 +91,8 @@ def test_in_memory_single_block_runs_without_dask_and_matches_the_dask_path(toy,
     monkeypatch.setattr(neural, "map_reduce", lambda *a, **k: calls.append(1))  # must not be used
     direct = dd.NeuralNMF((6, 3), **kw).fit(X, ym)
     assert not calls
-    for Fa, Fb in zip(direct.A_ + [direct.B_], graph.A_ + [graph.B_]):
-        np.testing.assert_allclose(Fa, Fb, rtol=1e-10, atol=1e-12)
+    for Fa, Fb in zip(direct.A_ + [direct.B_], graph.A_ + [graph.B_]):  # norm-wise, warm NNLS rounds
+        assert np.linalg.norm(Fa - Fb) <= 1e-10 * np.linalg.norm(Fb)  # differently in the last bits
     np.testing.assert_allclose(direct.history_["cost"], graph.history_["cost"], rtol=1e-10)
     assert direct.n_iter_ == graph.n_iter_ == 6
 

@@ -125,12 +125,30 @@ def _solver_opts(solver, k):
     return _check_max_iter(opts.get("max_iter"), k), _check_tol(opts.get("tol", 1e-10))
 
 
-def _forward(X, As, dt, solver):
-    """Forward pass; returns (S list, passive solvers, C0 = X @ A[0])."""
+def _check_warm(S0, n, As):
+    """Passive sets of a warm start ``S0`` (a forward pass at nearby factors) or Nones."""
+    if S0 is None:
+        return [None] * len(As)
+    if not isinstance(S0, (list, tuple)) or len(S0) != len(As):
+        raise DNMFValueError(f"S0: expected a list of {len(As)} arrays (one per layer) or None, found {type(S0).__name__}")
+    P0 = []
+    for l, (Sl, A) in enumerate(zip(S0, As)):
+        Sl = np.asarray(Sl)
+        if Sl.shape != (n, A.shape[1]):
+            raise DNMFValueError(f"S0[{l}]: expected shape {(n, A.shape[1])}, found {Sl.shape}")
+        P0.append(Sl > 0)
+    return P0
+
+
+def _forward(X, As, dt, solver, S0=None):
+    """Forward pass; returns (S list, passive solvers, C0 = X @ A[0]).
+
+    ``S0``: optional previous forward pass whose supports start the BPP of every layer (the
+    solution is the same; a support that is already right ends the pivoting at once)."""
     S, solvers = [], []
     prev = X
     C0 = None
-    for A in As:
+    for A, P0 in zip(As, _check_warm(S0, X.shape[0], As)):
         k = A.shape[1]
         max_iter, tol = _solver_opts(solver, k)
         A64 = np.asarray(A, dtype=np.float64)
@@ -141,7 +159,7 @@ def _forward(X, As, dt, solver):
         if C.shape[0] == 0:
             Sl = np.zeros((0, k), dtype=dt)
         else:
-            S64, _ = _nnls_core(ps, np.asarray(C, dtype=np.float64), None, max_iter, tol)
+            S64, _ = _nnls_core(ps, np.asarray(C, dtype=np.float64), P0, max_iter, tol)
             Sl = S64.astype(dt, copy=False)
         S.append(Sl)
         solvers.append(ps)
@@ -285,7 +303,7 @@ def _fsum_prod(a, b):
 # cost and gradient of one block
 # --------------------------------------------------------------------------------------------
 def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *, solver=None,
-                    return_S=False, label_loss="frobenius"):
+                    return_S=False, label_loss="frobenius", S0=None):
     """Cost of one block of rows and its exact gradients (sums over the block's rows).
 
     Parameters
@@ -302,6 +320,8 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
         (alias "kl", "i-divergence": ``Σ_labeled y log(y / z) − y + z`` with ``z = B s_m``, clipped
         to ``EPS`` inside the log; B ≥ 0) or "cross-entropy" (``−Σ_labeled log softmax(B s_m)[y_m]``;
         B is then an unconstrained linear classifier).
+    S0 : list of (n, k_l) arrays, optional — a forward pass at nearby factors (e.g. the previous
+        iteration's ``extras["S"]``) whose supports warm-start the NNLS of every layer.
 
     Returns
     -------
@@ -337,7 +357,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     lam = float(lam)
     sparse = sp.issparse(X)
 
-    S, solvers, C0 = _forward(X, As, dt, solver)
+    S, solvers, C0 = _forward(X, As, dt, solver, S0)
     SL = S[L]
     x_sq = _sqnorm(X)
 
