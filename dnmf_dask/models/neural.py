@@ -33,9 +33,9 @@ ARMIJO_MAX_TRIALS = 30
 MAX_RELATIVE_STEP = 0.25
 
 
-def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss, S0=None):
-    """The block's cost, gradients and statistics; the block output is its forward pass (used
-    by the in-memory path to warm-start the next pass's NNLS from ``S0``)."""
+def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss, S0=None, keep_S=False):
+    """The block's cost, gradients and statistics; the block output is its forward pass if
+    ``keep_S`` (the in-memory path warm-starts the next pass's NNLS from it, ``S0``), else None."""
     c, gA, gB, ex = chunk_cost_grad(X, list(As), B, y, lam, cost, label_loss=label_loss, return_S=True, S0=S0)
     st = {"cost": c, "recon_sq": ex["recon_sq"], "x_sq": ex["x_sq"], "label_loss": ex["label_loss"],
           "n_labeled": ex["n_labeled"], "n_correct": ex["n_correct"]}
@@ -48,7 +48,7 @@ def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss, S0=None):
         # order): the driver refits B to them without another pass over X
         st["SL_lab"] = [np.asarray(ex["S"][-1][lab], dtype=np.float64)]
         st["y_lab"] = [np.asarray(y[lab], dtype=np.int64)]
-    return ex["S"], st
+    return (ex["S"] if keep_S else None), st
 
 
 def _direct_block(per_block, info):
@@ -256,7 +256,8 @@ class NeuralNMF(HierarchicalNMF):
                 if direct is not None:
                     with one_blas_thread():  # the BLAS setting of the dask tasks
                         # the NNLS of every layer starts from the supports of the last pass
-                        warm["S"], st = _cost_grad_task(*direct, As=list(As), B=B, S0=warm["S"], **task_kw)
+                        warm["S"], st = _cost_grad_task(*direct, As=list(As), B=B, S0=warm["S"], keep_S=True,
+                                                             **task_kw)
                     return st
                 items = per_block if idx is None else [per_block[i] for i in idx]
                 _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
