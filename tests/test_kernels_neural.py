@@ -111,14 +111,16 @@ def test_gradient_matches_finite_differences(n_layers, mode, cost, sparse):
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["semisupervised", "supervised"])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_cross_entropy_gradient_matches_finite_differences(n_layers, mode, sparse):
+@pytest.mark.parametrize("label_loss", ["cross-entropy", "kl"])
+def test_cross_entropy_and_kl_gradients_match_finite_differences(n_layers, mode, sparse, label_loss):
     seed = {1: 0, 2: 1, 3: 2}[n_layers]
     rng, X, As, B = make_problem(seed, n_layers)
-    B = B - 0.5  # an unconstrained classifier: signed weights
+    if label_loss == "cross-entropy":
+        B = B - 0.5  # an unconstrained classifier: signed weights
     y = labels(rng, mode)
     Xc = sp.csr_matrix(X) if sparse else X
-    c, grads, gB, _ = chunk_cost_grad(Xc, As, B, y, 0.7, label_loss="cross-entropy")
-    num, numB = finite_difference(Xc, As, B, y, 0.7, "reconstruction", label_loss="cross-entropy")
+    c, grads, gB, _ = chunk_cost_grad(Xc, As, B, y, 0.7, label_loss=label_loss)
+    num, numB = finite_difference(Xc, As, B, y, 0.7, "reconstruction", label_loss=label_loss)
     for g, gn in zip(grads, num):
         assert rel_err(g, gn) <= 1e-5
     assert rel_err(gB, numB) <= 1e-5
@@ -142,6 +144,25 @@ def test_cross_entropy_cost_matches_a_plain_transcription():
     assert np.isfinite(c_big) and np.all(np.isfinite(gB_big))
     with pytest.raises(DNMFValueError, match="label_loss"):
         chunk_cost_grad(X, As, B, y, 0.7, label_loss="hinge")
+
+
+def test_i_divergence_cost_matches_a_plain_transcription():
+    rng, X, As, B = make_problem(1, 2)
+    y = labels(rng, "semisupervised")
+    c, _, _, ex = chunk_cost_grad(X, As, B, y, 0.7, label_loss="i-divergence")
+    S = forward(X, As)
+    recon = np.sum((X - S[1] @ (As[0] @ As[1]).T) ** 2)
+    idiv = 0.0
+    for m in np.flatnonzero(y >= 0):  # D(y || z) = Σ y log(y/z) − y + z, one sample at a time
+        z = B @ S[1][m]
+        idiv += -np.log(z[y[m]]) - 1.0 + np.sum(z)
+    assert ex["label_loss"] == pytest.approx(idiv, rel=1e-10)
+    assert c == pytest.approx(recon + 0.7 * idiv, rel=1e-10)
+    assert chunk_cost_grad(X, As, B, y, 0.7, label_loss="kl")[0] == c  # aliases
+    assert chunk_cost_grad(X, As, B, y, 0.7, label_loss="kullback-leibler")[0] == c
+    # a zero score is clipped inside the log: finite cost and gradient
+    c0, g0, gB0, _ = chunk_cost_grad(X, As, 0.0 * B, y, 0.7, label_loss="kl")
+    assert np.isfinite(c0) and np.all(np.isfinite(gB0)) and all(np.all(np.isfinite(g)) for g in g0)
 
 
 def test_through_q_terms_matter():
@@ -314,6 +335,30 @@ def test_fit_classifier_reaches_the_independent_optimum():
     assert Bf.min() >= 0
     assert term_f == pytest.approx(np.sum((Y - SL @ Bref.T) ** 2), rel=1e-7)
     np.testing.assert_allclose(Bf, Bref, atol=1e-3)  # the objective is flat near its minimum
+    # I-divergence with B ≥ 0: the optimum satisfies the KKT conditions of the bound problem
+    Bk, term_k = fit_classifier(SL, y, B0, "kl", max_iter=1000)
+    Z = SL @ Bk.T
+    grad = (1.0 - Y / Z).T @ SL
+    assert Bk.min() >= 0
+    assert np.all(grad >= -2e-3) and np.max(np.abs(grad * Bk)) <= 2e-3  # L-BFGS-B tolerance
+    assert term_k == pytest.approx(np.sum(Y * np.log(np.where(Y > 0, Y / Z, 1.0)) - Y + Z), rel=1e-10)
     # never worse than the start, and max_iter=0 keeps B
     assert fit_classifier(SL, y, B0, "cross-entropy", max_iter=0)[0] is not None
     np.testing.assert_array_equal(fit_classifier(SL, y, B0, "frobenius", max_iter=0)[0], B0)
+
+
+def test_warm_start_gives_the_same_pass():
+    """S0 (a forward pass at other factors) only changes where the NNLS pivoting starts."""
+    rng, X, As, B = make_problem(2, 3)
+    y = labels(rng, "semisupervised")
+    c, g, gB, ex = chunk_cost_grad(X, As, B, y, 0.7, return_S=True)
+    S_other = forward(X, [A * (1.0 + 0.3 * rng.random(A.shape)) for A in As])  # other supports
+    for S0 in (ex["S"], S_other):
+        c2, g2, gB2, ex2 = chunk_cost_grad(X, As, B, y, 0.7, return_S=True, S0=S0)
+        assert c2 == pytest.approx(c, rel=1e-12)
+        for a, b in zip(g2 + [gB2] + ex2["S"], g + [gB] + ex["S"]):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(DNMFValueError, match="S0"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=ex["S"][:2])
+    with pytest.raises(DNMFValueError, match=r"S0\[1\]"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=[ex["S"][0], ex["S"][0], ex["S"][2]])

@@ -59,6 +59,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
+from dnmf_dask.kernels.nmf import EPS
 from dnmf_dask.kernels.solvers import canonical_loss
 from dnmf_dask.kernels.nnls import (
     _PassiveSolver,
@@ -74,9 +75,10 @@ __all__ = ["forward", "chunk_cost_grad", "fit_classifier", "sum_results", "COSTS
 
 #: the supported cost functions.
 COSTS = ("reconstruction", "layerwise")
-#: label terms: squared error ||L ⊙ (Y − B S)||² (paper eq. 7) or softmax cross-entropy over B S
-#: (the classifier of the Neural NMF authors' code)
-LABEL_LOSSES = ("frobenius", "cross-entropy")
+#: label terms: squared error ||L ⊙ (Y − B S)||² (paper eq. 7), the I-divergence
+#: D(Y || B S) = Σ [y log(y / z) − y + z] (B ≥ 0, "kl" / "i-divergence" are aliases) or softmax
+#: cross-entropy over B S (the classifier of the Neural NMF authors' code)
+LABEL_LOSSES = ("frobenius", "kullback-leibler", "cross-entropy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,12 +125,30 @@ def _solver_opts(solver, k):
     return _check_max_iter(opts.get("max_iter"), k), _check_tol(opts.get("tol", 1e-10))
 
 
-def _forward(X, As, dt, solver):
-    """Forward pass; returns (S list, passive solvers, C0 = X @ A[0])."""
+def _check_warm(S0, n, As):
+    """Passive sets of a warm start ``S0`` (a forward pass at nearby factors) or Nones."""
+    if S0 is None:
+        return [None] * len(As)
+    if not isinstance(S0, (list, tuple)) or len(S0) != len(As):
+        raise DNMFValueError(f"S0: expected a list of {len(As)} arrays (one per layer) or None, found {type(S0).__name__}")
+    P0 = []
+    for l, (Sl, A) in enumerate(zip(S0, As)):
+        Sl = np.asarray(Sl)
+        if Sl.shape != (n, A.shape[1]):
+            raise DNMFValueError(f"S0[{l}]: expected shape {(n, A.shape[1])}, found {Sl.shape}")
+        P0.append(Sl > 0)
+    return P0
+
+
+def _forward(X, As, dt, solver, S0=None):
+    """Forward pass; returns (S list, passive solvers, C0 = X @ A[0]).
+
+    ``S0``: optional previous forward pass whose supports start the BPP of every layer (the
+    solution is the same; a support that is already right ends the pivoting at once)."""
     S, solvers = [], []
     prev = X
     C0 = None
-    for A in As:
+    for A, P0 in zip(As, _check_warm(S0, X.shape[0], As)):
         k = A.shape[1]
         max_iter, tol = _solver_opts(solver, k)
         A64 = np.asarray(A, dtype=np.float64)
@@ -139,7 +159,7 @@ def _forward(X, As, dt, solver):
         if C.shape[0] == 0:
             Sl = np.zeros((0, k), dtype=dt)
         else:
-            S64, _ = _nnls_core(ps, np.asarray(C, dtype=np.float64), None, max_iter, tol)
+            S64, _ = _nnls_core(ps, np.asarray(C, dtype=np.float64), P0, max_iter, tol)
             Sl = S64.astype(dt, copy=False)
         S.append(Sl)
         solvers.append(ps)
@@ -206,6 +226,13 @@ def _label_term(Z, Yl, label_loss):
     if label_loss == "frobenius":
         R = Yl - Z
         return _sqnorm(R), -2.0 * R  # ||Y - Z||^2
+    if label_loss == "kullback-leibler":
+        # Σ y log(y / z) − y + z, with z clipped to EPS inside the log (as kernels.solvers);
+        # where z < EPS the log part is constant, so only the "+ z" part has a gradient there
+        zc = np.maximum(Z, EPS)
+        pos = Yl > 0
+        term = float(np.sum(Yl[pos] * np.log(Yl[pos] / zc[pos])) - np.sum(Yl) + np.sum(Z, dtype=np.float64))
+        return term, 1.0 - np.where(Z > EPS, Yl / zc, 0.0)
     logp = _log_softmax(Z)
     return -float(np.sum(logp[Yl > 0])), np.exp(logp) - Yl  # summed cross-entropy
 
@@ -213,9 +240,9 @@ def _label_term(Z, Yl, label_loss):
 def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
     """Refit the classifier B to fixed last-layer codes: argmin_B of the label term.
 
-    The label term is convex in B for both losses, so this is the exact block-coordinate step
-    for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF),
-    signed for "cross-entropy". Returns the new B and its (unweighted) label term; the result
+    The label term is convex in B for all three losses, so this is the exact block-coordinate
+    step for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF)
+    and "kullback-leibler", signed for "cross-entropy". Returns the new B and its (unweighted) label term; the result
     is never worse than the start.
 
     Parameters
@@ -239,12 +266,13 @@ def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
     start = f(B.ravel())[0]
     if SL.shape[0] == 0 or max_iter == 0:
         return B, start
-    bounds = [(0.0, None)] * B.size if label_loss == "frobenius" else None
+    nonneg = label_loss != "cross-entropy"
+    bounds = [(0.0, None)] * B.size if nonneg else None
     res = minimize(f, B.ravel(), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": int(max_iter)})
     if not np.isfinite(res.fun) or res.fun > start:
         return B, start
     Bn = res.x.reshape(B.shape)
-    if label_loss == "frobenius":
+    if nonneg:
         Bn = np.maximum(Bn, 0.0)
     return Bn, float(f(Bn.ravel())[0])
 
@@ -275,7 +303,7 @@ def _fsum_prod(a, b):
 # cost and gradient of one block
 # --------------------------------------------------------------------------------------------
 def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *, solver=None,
-                    return_S=False, label_loss="frobenius"):
+                    return_S=False, label_loss="frobenius", S0=None):
     """Cost of one block of rows and its exact gradients (sums over the block's rows).
 
     Parameters
@@ -288,8 +316,12 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     cost : "reconstruction" (paper eq. 7) or "layerwise" (sum of the layers' energies).
     solver : dict, optional, options of the NNLS (``max_iter``, ``tol``).
     return_S : bool, also put the forward pass ``[S[0], ..., S[L]]`` in ``extras["S"]``.
-    label_loss : "frobenius" (``||L ⊙ (Y − B S_L)||²``, the paper's eq. 7) or "cross-entropy"
-        (``−Σ_labeled log softmax(B s_m)[y_m]``; B is then an unconstrained linear classifier).
+    label_loss : "frobenius" (``||L ⊙ (Y − B S_L)||²``, the paper's eq. 7), "kullback-leibler"
+        (alias "kl", "i-divergence": ``Σ_labeled y log(y / z) − y + z`` with ``z = B s_m``, clipped
+        to ``EPS`` inside the log; B ≥ 0) or "cross-entropy" (``−Σ_labeled log softmax(B s_m)[y_m]``;
+        B is then an unconstrained linear classifier).
+    S0 : list of (n, k_l) arrays, optional — a forward pass at nearby factors (e.g. the previous
+        iteration's ``extras["S"]``) whose supports warm-start the NNLS of every layer.
 
     Returns
     -------
@@ -325,7 +357,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     lam = float(lam)
     sparse = sp.issparse(X)
 
-    S, solvers, C0 = _forward(X, As, dt, solver)
+    S, solvers, C0 = _forward(X, As, dt, solver, S0)
     SL = S[L]
     x_sq = _sqnorm(X)
 
