@@ -4,7 +4,7 @@ window maxima inside groups. Examples are few and small (CI stays fast) and dead
 
 import numpy as np
 import scipy.sparse as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -40,8 +40,14 @@ def _tol(*mats):
     return 1e-9 * (1.0 + sum(float(np.sum(np.abs(M.astype(np.float64)) ** 2)) for M in mats))
 
 
+_UNDERFLOW = (  # a column of A whose squared norm underflows to 0 while X A is positive (found by hypothesis)
+    np.ones((1, 2)), np.ones((1, 2)), np.array([[4.12431946e-079, 2.41192773e-231], [1.0, 0.0]]), None,
+)
+
+
 @SETTINGS
 @given(mu_problem(), st.sampled_from([np.float32, np.float64]), st.booleans())
+@example(_UNDERFLOW, np.float64, False)
 def test_mu_steps_keep_factors_nonnegative_and_finite(problem, dtype, sparse):
     X, S, A, W = (None if M is None else M.astype(dtype) if M.dtype != bool else M for M in problem)
     Xin = sp.csr_matrix(X) if sparse and W is None else X

@@ -46,6 +46,26 @@ def _mu(F, num, den):
     return F * num / np.where(den == 0, EPS, den)
 
 
+def _floored_gram(G):
+    """G (k, k) with its diagonal raised to at least eps² · max(diag G), for MU denominators.
+
+    A component whose squared norm underflowed (≪ the others', e.g. a column of A at 1e-231)
+    has a zero diagonal entry while its numerator is positive: the factor num/den then grows S
+    by ~1e78 per iteration until it overflows to inf and NaN. The floor is far below the
+    rounding of every other entry, so ordinary problems are unchanged bit for bit.
+    """
+    d = np.diagonal(G)
+    if d.size == 0:
+        return G
+    floor = float(np.finfo(G.dtype).eps) ** 2 * float(d.max())
+    if not (d < floor).any():
+        return G
+    G = G.copy()
+    i = np.arange(d.size)
+    G[i, i] = np.maximum(d, floor)
+    return G
+
+
 def _sq_norm(X):
     """||X||_F² in float64; for canonical CSR straight from the stored values (no X ⊙ X copy)."""
     if sp.issparse(X):
@@ -139,7 +159,9 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
             AtA = A.T @ A
         AtA = AtA.astype(dt, copy=False)
         SAtA = S @ AtA
-        den = SAtA if den_L is None else SAtA + den_L
+        AtA_den = _floored_gram(AtA)
+        den = SAtA if AtA_den is AtA else S @ AtA_den
+        den = den if den_L is None else den + den_L
         if fused.FROBENIUS and fused.usable(X, S):
             # one sweep of X: X A, the new rows of S and Xᵀ S_new (kernels/fused.py)
             S_new, XA, stats["XtS"] = fused.frobenius_step(X, S, A, den, num_add=num_L, update_S=update_S)
@@ -201,7 +223,7 @@ def update_factor(F, num, den_gram=None, den_full=None):
     ``F ← F ⊙ num / den`` with ``den = F @ den_gram`` (e.g. A (SᵀS), B (S_Lᵀ S_L)) or a
     precomputed ``den_full`` (masked case). Shapes: F, num, den all (rows, k).
     """
-    den = F @ den_gram if den_full is None else den_full
+    den = F @ _floored_gram(den_gram) if den_full is None else den_full
     return _mu(F, num, den).astype(F.dtype, copy=False)
 
 
@@ -215,12 +237,13 @@ def transform_block(X, A, S, *, max_iter=200, tol=1e-4, W=None):
     A = A.astype(S.dtype, copy=False)
     XA = np.asarray(X @ A)
     AtA = A.T @ A
+    AtA_den = _floored_gram(AtA)
     norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.sum(X * X))
     prev = None
     it = 0
     for it in range(1, max_iter + 1):
         if W is None:
-            den = S @ AtA
+            den = S @ AtA_den
         else:
             den = np.asarray(masked_product(S, A, W) @ A)
         S = _mu(S, XA, den)
