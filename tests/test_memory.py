@@ -50,3 +50,32 @@ def test_started_cluster_workers_get_the_malloc_settings():
         got = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
     (worker_env,) = got.values()
     assert worker_env == {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}
+
+
+def test_block_budget_caps_the_default_blocking():
+    from dnmf_dask.store.corpus import auto_chunk_rows
+
+    n, f, nnz = 100_000, 1000, 8_000_000  # 64 MB as CSR float32: 4 blocks by default
+    assert -(-n // auto_chunk_rows(n, f, nnz, 4)) == 4
+    # 64e6 B / 10 MiB -> 7 blocks, rounded up to a multiple of 4 (blocks keep >= 1M nnz)
+    assert -(-n // auto_chunk_rows(n, f, nnz, 4, max_block_bytes=10 * 2**20)) == 8
+    assert -(-n // auto_chunk_rows(n, f, nnz, 4, max_block_bytes=5 * 2**20)) == 13  # 1M nnz per block would be too few
+    assert -(-n // auto_chunk_rows(n, f, None, 4, max_block_bytes=40 * 2**20)) == 12  # dense 400 MB: 10 -> 12
+
+
+def test_block_budget_of_the_cluster_and_the_corpus_warning(local_cluster, tmp_path, monkeypatch):
+    from dnmf_dask.parallel import memory
+    from dnmf_dask.parallel.blocks import as_blocks
+    from dnmf_dask.store.corpus import open_corpus, write_corpus
+
+    X = sp.random(400, 50, density=0.5, format="csr", random_state=0, dtype=np.float32)  # 10,000 nnz, 80 kB
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=200)
+    with dask.config.set(scheduler="threads"):
+        assert memory.block_bytes_budget() is None  # the cluster is not the current scheduler
+    with scheduler_context(local_cluster):
+        assert memory.block_bytes_budget() == 2 * 2**30 // 8  # 1 thread per worker
+        monkeypatch.setattr(memory, "BLOCK_SHARE_OF_MEMORY", 30_000 / (2 * 2**30))  # 30 kB blocks
+        blocks, _ = as_blocks(X)
+        assert blocks.n_blocks == 3  # 80 kB in blocks of at most 30 kB (too small to round to 4)
+        with pytest.warns(ResourceWarning, match="chunk_rows"):
+            as_blocks(open_corpus(tmp_path / "c.zarr"))  # stored blocks of 40 kB

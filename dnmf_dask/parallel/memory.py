@@ -19,11 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import dask
+import numpy as np
 
 #: glibc malloc settings for worker processes (see the module docstring); the values are bytes
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOLD_": 32 * 2**20}
+
+#: a block's in-memory size is kept under this share of a worker thread's memory_limit (a pass's
+#: working set is a few times the block: compressed and decoded buffers, a float64 copy for
+#: Neural NMF, X·A and XᵀS), beside the worker's own ~150 MB and its share of S
+BLOCK_SHARE_OF_MEMORY = 1 / 8
 
 #: ``persist="auto"`` loads X only when it takes at most this share of the workers' total memory_limit
 PERSIST_SHARE_OF_MEMORY = 0.25
@@ -66,12 +73,8 @@ def worker_malloc_config():
                 os.environ[k] = v
 
 
-def worker_memory_limits():
-    """``memory_limit`` in bytes of every worker of the active distributed Client, or None.
-
-    None when no Client is the current scheduler (threads, synchronous, processes) or when a
-    worker has no limit (0 / None): there is then nothing to fit into.
-    """
+def _workers():
+    """The active distributed Client's ``scheduler_info()["workers"]``, or None."""
     sched = dask.base.get_scheduler()
     if sched is None or isinstance(sched, type(dask.get)):
         return None
@@ -79,12 +82,19 @@ def worker_memory_limits():
     if client is None or not hasattr(client, "scheduler_info"):
         return None
     try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:  # older distributed without n_workers
-        workers = client.scheduler_info()["workers"]
+        return client.scheduler_info(n_workers=-1)["workers"] or None
     except Exception:
         return None
-    limits = [w.get("memory_limit") for w in workers.values()]
+
+
+def worker_memory_limits():
+    """``memory_limit`` in bytes of every worker of the active distributed Client, or None.
+
+    None when no Client is the current scheduler (threads, synchronous, processes) or when a
+    worker has no limit (0 / None): there is then nothing to fit into.
+    """
+    workers = _workers()
+    limits = [w.get("memory_limit") for w in (workers or {}).values()]
     if not limits or any(not lim for lim in limits):
         return None
     return [int(lim) for lim in limits]
@@ -101,3 +111,33 @@ def persist_fits(nbytes: int, limit_bytes: int) -> bool:
         return False
     limits = worker_memory_limits()
     return limits is None or nbytes <= PERSIST_SHARE_OF_MEMORY * sum(limits)
+
+
+def block_bytes_budget():
+    """Largest in-memory block (bytes) the default blocking makes for the active cluster, or None.
+
+    :data:`BLOCK_SHARE_OF_MEMORY` of the smallest worker ``memory_limit`` per worker thread (each
+    thread runs its own block); None without a distributed Client with memory limits.
+    """
+    limits = worker_memory_limits()
+    if limits is None:
+        return None
+    threads = max(int(w.get("nthreads", 1) or 1) for w in _workers().values())
+    return int(BLOCK_SHARE_OF_MEMORY * min(limits) / threads)
+
+
+def warn_if_blocks_exceed(corpus):
+    """Warn when a corpus' stored blocks are larger than :func:`block_bytes_budget` (they are
+    the unit of work and cannot be split when read: re-ingest with a smaller ``chunk_rows``)."""
+    budget = block_bytes_budget()
+    a = corpus.attrs
+    n_blocks = len(a["row_offsets"]) - 1
+    if budget is None or not n_blocks:
+        return
+    item = np.dtype(a["dtype"]).itemsize
+    per_block = (int(a["nnz"] or 0) * (item + 4) if a.get("sparse") else a["n_samples"] * a["n_features"] * item) / n_blocks
+    if per_block > budget:
+        warnings.warn(
+            f"corpus {str(corpus.path)!r}: its blocks hold {per_block / 2**20:.0f} MiB on average, more than "
+            f"{budget / 2**20:.0f} MiB ({BLOCK_SHARE_OF_MEMORY:.3g} of the workers' memory_limit per thread); "
+            f"workers may spill or pause. Write it with a smaller chunk_rows.", ResourceWarning, stacklevel=3)
