@@ -79,3 +79,15 @@ def test_block_budget_of_the_cluster_and_the_corpus_warning(local_cluster, tmp_p
         assert blocks.n_blocks == 3  # 80 kB in blocks of at most 30 kB (too small to round to 4)
         with pytest.warns(ResourceWarning, match="chunk_rows"):
             as_blocks(open_corpus(tmp_path / "c.zarr"))  # stored blocks of 40 kB
+
+
+def test_small_workers_keep_distributed_malloc_settings(monkeypatch):
+    from dnmf_dask.parallel.memory import worker_malloc_config
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with worker_malloc_config("400MB"):
+        assert "MALLOC_MMAP_THRESHOLD_" not in dask.config.get("distributed.nanny.pre-spawn-environ")
+    with worker_malloc_config("4GB"):
+        assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_MMAP_THRESHOLD_"] == 32 * 2**20
+        assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ  # restored

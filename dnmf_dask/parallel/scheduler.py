@@ -78,7 +78,7 @@ def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None
 
         from .memory import worker_malloc_config
 
-        with worker_malloc_config(), LocalCluster(
+        with worker_malloc_config(memory_limit), LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
