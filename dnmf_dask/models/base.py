@@ -15,6 +15,7 @@ from .._validation import check_label_coverage, check_labels, check_nonneg_float
 from ..errors import ConvergenceWarning, DNMFValueError
 from ..parallel.blocks import Blocks, as_blocks
 from ..parallel.mapreduce import map_reduce
+from ..parallel.memory import persist_fits
 from ..store.corpus import Corpus
 
 #: dask inputs smaller than this are loaded into (cluster) memory once for the whole fit
@@ -128,7 +129,8 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
             raise DNMFValueError("y: expected labels (int, -1 = unlabeled) for this model, found None")
         persist = self.persist
         if persist == "auto":
-            persist = info["kind"] in ("numpy", "sparse") or blocks.nbytes_estimate(info.get("nnz")) <= PERSIST_LIMIT_BYTES
+            # in-memory input is loaded anyway; dask / corpus input only when it fits the workers
+            persist = info["kind"] in ("numpy", "sparse") or persist_fits(blocks.nbytes_estimate(info.get("nnz")), PERSIST_LIMIT_BYTES)
         if persist:
             blocks = blocks.persist()
         return blocks, y, info

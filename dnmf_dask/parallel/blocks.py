@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from .._validation import check_groups, check_not_empty, check_matrix, check_observed
 from ..store.corpus import Corpus, auto_chunk_rows, row_blocks
+from .memory import block_bytes_budget, warn_if_blocks_exceed
 
 
 def _literal(value, prefix):
@@ -105,6 +106,7 @@ def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=
         if groups is None:
             groups = X.groups
         info["nnz"] = X.attrs.get("nnz")
+        warn_if_blocks_exceed(X)
         X = X.X
     Xc = check_matrix(X, "X", allow_nan=allow_nan, allow_negative=allow_negative, allow_dask=True)
     n, f = Xc.shape
@@ -130,7 +132,7 @@ def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=
     if sparse:
         info["nnz"] = Xc.nnz
     if chunk_rows is None:
-        chunk_rows = auto_chunk_rows(n, f, Xc.nnz if sparse else None, Xc.dtype.itemsize)
+        chunk_rows = auto_chunk_rows(n, f, Xc.nnz if sparse else None, Xc.dtype.itemsize, block_bytes_budget())
     offsets = row_blocks(n, chunk_rows, g)
     parts = _split_in_memory(Xc, offsets, "X")
     Wparts = None if W is None else _split_in_memory(W, offsets, "observed")

@@ -107,8 +107,12 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
         hist["accuracy_labeled"].append(st["n_correct"] / nl if nl else float("nan"))
 
     def run(update_S, keep):
+        # the pass takes over the S blocks (consume=True): a cluster frees each old block once
+        # its task has run, so S is not held twice during the pass
+        nonlocal S_blocks
+        per_block, S_blocks = list(zip(blocks.X, S_blocks, y_parts, W_parts)), None
         return map_reduce(
-            _mu_task, list(zip(blocks.X, S_blocks, y_parts, W_parts)), keep_outputs=keep,
+            _mu_task, per_block, keep_outputs=keep, consume=keep,
             A=A, AtA=A.T @ A, B=B, lam=lam, update_S=update_S, semi=semi, opts=opts,
         )
 

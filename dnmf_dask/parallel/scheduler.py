@@ -76,7 +76,9 @@ def scheduler_context(scheduler=None, *, n_workers=None, threads_per_worker=None
     if scheduler == "local":
         from distributed import LocalCluster
 
-        with LocalCluster(
+        from .memory import worker_malloc_config
+
+        with worker_malloc_config(memory_limit), LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,

@@ -49,7 +49,7 @@ MIN_BYTES_PER_BLOCK = 16 * 2**20
 BLOCK_MULTIPLE = 4
 
 
-def auto_chunk_rows(n_samples: int, n_features: int, nnz: int | None, itemsize: int) -> int:
+def auto_chunk_rows(n_samples: int, n_features: int, nnz: int | None, itemsize: int, max_block_bytes: int | None = None) -> int:
     """Rows per block chosen from the data's size (used when ``chunk_rows`` is not given).
 
     Sparse data aims at :data:`TARGET_NNZ_PER_BLOCK` nonzeros per block, dense data at
@@ -58,6 +58,10 @@ def auto_chunk_rows(n_samples: int, n_features: int, nnz: int | None, itemsize: 
     multiple of :data:`BLOCK_MULTIPLE` (else of 2) if every block keeps at least
     :data:`MIN_NNZ_PER_BLOCK` nonzeros (:data:`MIN_BYTES_PER_BLOCK` bytes): without it, 5
     blocks on 2 workers take 3 rounds, and 1.5 blocks' worth of data leaves a core idle.
+
+    ``max_block_bytes`` caps a block's in-memory size (sparse: ``nnz · (itemsize + 4)``), e.g.
+    :func:`dnmf_dask.parallel.memory.block_bytes_budget` of the workers' ``memory_limit``: more,
+    smaller blocks then.
     """
     if n_samples == 0:
         return 1
@@ -66,6 +70,9 @@ def auto_chunk_rows(n_samples: int, n_features: int, nnz: int | None, itemsize: 
     else:
         size, target, least = n_samples * n_features * itemsize, TARGET_BYTES_PER_BLOCK, MIN_BYTES_PER_BLOCK
     n_blocks = max(1, -(-size // target))
+    if max_block_bytes:
+        nbytes = size * (itemsize + 4) if nnz is not None else size
+        n_blocks = max(n_blocks, -(-int(nbytes) // max(1, int(max_block_bytes))))
     for multiple in (BLOCK_MULTIPLE, 2):
         balanced = -(-n_blocks // multiple) * multiple
         if size / balanced >= least:

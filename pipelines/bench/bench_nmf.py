@@ -15,8 +15,10 @@ Sections (each prints seconds *and* ratios measured in this run):
   ours with ``scheduler="threads"``; scikit-learn ``NMF(solver="mu")`` and ``solver="cd"``;
   seconds and ns per nonzero per iteration, and the relative error each reaches in the time our
   threaded fit takes for ``--iters`` iterations;
-* ``cluster`` - ours on a 1-worker (2 threads) and a 2-worker (1 thread each) LocalCluster,
-  reading the corpus store (out of core);
+* ``cluster`` - ours on LocalClusters of 1 worker x 1 thread, 1 x 2 and 2 workers x 1 thread
+  (with the library's worker malloc settings), from the corpus store (``persist="auto"``: loaded
+  into the workers when it takes at most a quarter of their memory); ratio to floor (a) and the
+  throughput of 2 worker processes against 1;
 * ``dense`` - a dense nonnegative low-rank + noise matrix: ours vs floor (b), the two skinny
   GEMMs ``X @ A`` and ``X.T @ S`` of one iteration, and vs scikit-learn;
 * ``scaling`` - ours (threads) and floor (a) at nnz/4, nnz/2 and nnz; least-squares slope of
@@ -272,21 +274,25 @@ def section_matrix(label, X, args, skip, store=None):
     return res
 
 
-def section_cluster(store, nnz, args):
+def section_cluster(store, nnz, args, floor_a=None):
     from distributed import Client, LocalCluster
 
     from dnmf_dask import open_corpus
+    from dnmf_dask.parallel.memory import worker_malloc_config
 
     print("\n== ours on a LocalCluster, reading the corpus store (out of core) ==")
     out = {}
-    for n_workers, threads in ((1, 2), (2, 1)):
-        with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True, dashboard_address=None,
-                          host="127.0.0.1") as cl, Client(cl) as client:
+    for n_workers, threads in ((1, 1), (1, 2), (2, 1)):
+        # the workers' malloc settings the library's own LocalCluster uses (dnmf_dask.parallel.memory)
+        with worker_malloc_config(), LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True,
+                                                  dashboard_address=None, host="127.0.0.1") as cl, Client(cl) as client:
             per_it, total, rel = fit_ours(open_corpus(store), args.k, args.iters, client, None, args.seed)
-        out[n_workers] = per_it
-        row(f"ours NMF, {n_workers} worker(s) x {threads} thread(s)", per_it, nnz,
-            extra=f"{per_it * 2 / nnz * 1e9:6.2f} ns/nz per core  fit {total:.2f} s, rel.err {rel:.4f}")
-    print(f"  2 workers vs 1: {out[1] / out[2]:.2f}x the throughput")
+        out[(n_workers, threads)] = per_it
+        row(f"ours NMF, {n_workers} worker(s) x {threads} thread(s)", per_it, nnz, floor_a,
+            extra=f"{per_it * n_workers * threads / nnz * 1e9:6.2f} ns/nz per core  fit {total:.2f} s, rel.err {rel:.4f}"
+                  f"  load {os.getloadavg()[0]:.1f}")
+    print(f"  2 workers x 1 thread vs 1 worker x 1 thread: {out[(1, 1)] / out[(2, 1)]:.2f}x the throughput; "
+          f"vs 1 worker x 2 threads: {out[(1, 2)] / out[(2, 1)]:.2f}x")
     return out
 
 
@@ -331,10 +337,11 @@ def main(argv=None):
             store = Path(tmp) / "sparse.zarr"
             write_corpus(store, X, chunk_rows=args.chunk_rows)
             print(f"(made and stored the sparse corpus in {time.perf_counter() - t0:.1f} s)")
+            res = {}
             if "sparse" not in skip:
-                section_matrix("sparse", X, args, skip, store)
+                res = section_matrix("sparse", X, args, skip, store)
             if "cluster" not in skip:
-                section_cluster(store, X.nnz, args)
+                section_cluster(store, X.nnz, args, res.get("floor_a"))
             del X
         if "dense" not in skip:
             n, f = (int(v) for v in args.dense_shape.lower().split("x"))

@@ -1,0 +1,93 @@
+"""The workers' memory: persist='auto' against their memory_limit, and their malloc settings."""
+
+import os
+
+import dask
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from dnmf_dask.parallel.memory import WORKER_MALLOC_ENV, persist_fits, worker_memory_limits, worker_environ
+from dnmf_dask.parallel.scheduler import scheduler_context
+
+
+def test_no_limits_on_local_schedulers():
+    with dask.config.set(scheduler="threads"):
+        assert worker_memory_limits() is None
+        assert persist_fits(10**9, 2 * 2**30)
+        assert not persist_fits(3 * 2**30, 2 * 2**30)  # the fixed cap still holds
+
+
+def test_persist_follows_the_workers_memory_limit(local_cluster):
+    with scheduler_context(local_cluster):
+        limits = worker_memory_limits()
+        assert limits == [2 * 2**30, 2 * 2**30]
+        assert persist_fits(2**30, 2 * 2**30)  # a quarter of 4 GiB
+        assert not persist_fits(2**30 + 1, 2 * 2**30)
+
+
+def test_corpus_larger_than_a_quarter_of_the_workers_is_not_persisted(local_cluster, tmp_path, monkeypatch):
+    from dnmf_dask import NMF, open_corpus
+    from dnmf_dask.parallel import memory
+    from dnmf_dask.store.corpus import write_corpus
+
+    X = sp.random(200, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=50)
+    seen = []
+    real = memory.persist_fits
+    monkeypatch.setattr("dnmf_dask.models.base.persist_fits", lambda n, cap: seen.append(real(n, cap)) or seen[-1])
+    monkeypatch.setattr(memory, "PERSIST_SHARE_OF_MEMORY", 1e-12)  # every corpus is "too large" now
+    m = NMF(3, init="random", max_iter=3, tol=0, random_state=0, scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
+    assert seen == [False]
+    ref = NMF(3, init="random", max_iter=3, tol=0, random_state=0, scheduler="synchronous").fit(X)
+    np.testing.assert_allclose(m.A_[0], ref.A_[0], rtol=1e-4, atol=1e-6)
+
+
+def test_started_cluster_workers_get_the_malloc_settings():
+    env = worker_environ()
+    assert env["OPENBLAS_NUM_THREADS"] in (1, "1")  # distributed's own settings are kept
+    with scheduler_context("local", n_workers=1, threads_per_worker=1, verbose=False, dashboard_address=None) as client:
+        got = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
+    (worker_env,) = got.values()
+    assert worker_env == {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}
+
+
+def test_block_budget_caps_the_default_blocking():
+    from dnmf_dask.store.corpus import auto_chunk_rows
+
+    n, f, nnz = 100_000, 1000, 8_000_000  # 64 MB as CSR float32: 4 blocks by default
+    assert -(-n // auto_chunk_rows(n, f, nnz, 4)) == 4
+    # 64e6 B / 10 MiB -> 7 blocks, rounded up to a multiple of 4 (blocks keep >= 1M nnz)
+    assert -(-n // auto_chunk_rows(n, f, nnz, 4, max_block_bytes=10 * 2**20)) == 8
+    assert -(-n // auto_chunk_rows(n, f, nnz, 4, max_block_bytes=5 * 2**20)) == 13  # 1M nnz per block would be too few
+    assert -(-n // auto_chunk_rows(n, f, None, 4, max_block_bytes=40 * 2**20)) == 12  # dense 400 MB: 10 -> 12
+
+
+def test_block_budget_of_the_cluster_and_the_corpus_warning(local_cluster, tmp_path, monkeypatch):
+    from dnmf_dask.parallel import memory
+    from dnmf_dask.parallel.blocks import as_blocks
+    from dnmf_dask.store.corpus import open_corpus, write_corpus
+
+    X = sp.random(400, 50, density=0.5, format="csr", random_state=0, dtype=np.float32)  # 10,000 nnz, 80 kB
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=200)
+    with dask.config.set(scheduler="threads"):
+        assert memory.block_bytes_budget() is None  # the cluster is not the current scheduler
+    with scheduler_context(local_cluster):
+        assert memory.block_bytes_budget() == 2 * 2**30 // 8  # 1 thread per worker
+        monkeypatch.setattr(memory, "BLOCK_SHARE_OF_MEMORY", 30_000 / (2 * 2**30))  # 30 kB blocks
+        blocks, _ = as_blocks(X)
+        assert blocks.n_blocks == 3  # 80 kB in blocks of at most 30 kB (too small to round to 4)
+        with pytest.warns(ResourceWarning, match="chunk_rows"):
+            as_blocks(open_corpus(tmp_path / "c.zarr"))  # stored blocks of 40 kB
+
+
+def test_small_workers_keep_distributed_malloc_settings(monkeypatch):
+    from dnmf_dask.parallel.memory import worker_malloc_config
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with worker_malloc_config("400MB"):
+        assert "MALLOC_MMAP_THRESHOLD_" not in dask.config.get("distributed.nanny.pre-spawn-environ")
+    with worker_malloc_config("4GB"):
+        assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_MMAP_THRESHOLD_"] == 32 * 2**20
+        assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ  # restored
