@@ -386,6 +386,53 @@ if AVAILABLE:
         return n_iter_max, n_backup
 
 
+if AVAILABLE:
+    @_jit
+    def _passive_rows_kernel(G, H, U, C, P, X, failed):
+        n, k = C.shape
+        has_H = H.shape[0] == k
+        M = np.empty((k, k))
+        b = np.empty(k, dtype=np.int64)
+        nb = np.empty(k, dtype=np.int64)
+        rhs = np.empty(k)
+        z = np.empty(k)
+        for i in range(n):
+            u = U[i] if has_H else C[i]
+            failed[i] = not _solve_passive_row(G, H, u, C[i], P[i], X[i], M, b, nb, rhs, z)
+
+
+def passive_rows(G, H, C, P, U=None):
+    """``X[i, F_i] = G_{F_i F_i}⁻¹ C[i, F_i]`` (zeros off the passive set F_i = P[i]) row by row.
+
+    The linear solves of :meth:`dnmf_dask.kernels.nnls._PassiveSolver.solve` (the gradient
+    through q of Neural NMF solves one per sample and layer) in compiled code, by Cholesky of
+    G_FF or, given ``H = G⁻¹`` and fewer zeros than passive entries, of H_NN on the zero set.
+    For non-singular G only.
+
+    Parameters
+    ----------
+    G : float64 (k, k); H : float64 (k, k) or None; C : float64 (n, k); P : bool (n, k);
+    U : float64 (n, k) = C H, optional (computed when H is given)
+
+    Returns
+    -------
+    X : float64 (n, k), failed : int64 indices of rows whose system was not numerically SPD
+    (to be solved by another path)
+    """
+    n, k = C.shape
+    C = np.ascontiguousarray(C, dtype=np.float64)
+    H = np.zeros((0, 0)) if H is None else np.ascontiguousarray(H, dtype=np.float64)
+    if H.shape[0] == k:
+        U = C @ H if U is None else np.ascontiguousarray(U, dtype=np.float64)
+    else:
+        U = C
+    X = np.zeros((n, k))
+    failed = np.zeros(n, dtype=bool)
+    _passive_rows_kernel(np.ascontiguousarray(G, dtype=np.float64), H, U, C, np.ascontiguousarray(P, dtype=bool),
+                         X, failed)
+    return X, np.flatnonzero(failed)
+
+
 def bpp_rows(G, H, C, P0, max_iter, tol, p_bar):
     """Kim & Park block principal pivoting (as :func:`dnmf_dask.kernels.nnls._bpp`), one row at a time.
 

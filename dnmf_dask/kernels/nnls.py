@@ -299,12 +299,26 @@ class _PassiveSolver:
 
         C : (m, k) float64, P : (m, k) bool, U : optional ``C @ H`` (unconstrained solutions).
         """
+        from . import fused
+
         m, k = C.shape
-        X = np.zeros((m, k), dtype=np.float64)
         if m == 0 or k == 0:
-            return X
+            return np.zeros((m, k), dtype=np.float64)
         if U is None and self.H is not None:
             U = C @ self.H
+        if fused.AVAILABLE and not self.singular:
+            # one compiled Cholesky per row instead of numpy's grouping and stacking (whose
+            # per-call overhead dominated small problems, e.g. Neural NMF on Table 1's 90 × 87)
+            X, bad = fused.passive_rows(self.G, self.H, C, P, U)
+            if bad.size:  # pragma: no cover - a numerically non-SPD G_FF of a non-singular G
+                X[bad] = self._solve_numpy(C[bad], P[bad], None if U is None else U[bad])
+            return X
+        return self._solve_numpy(C, P, U)
+
+    def _solve_numpy(self, C, P, U):
+        """:meth:`solve` in numpy: rows grouped by passive set, then stacked small solves."""
+        m, k = C.shape
+        X = np.zeros((m, k), dtype=np.float64)
         sizes = np.count_nonzero(P, axis=1)
         # all-passive rows: the unconstrained solutions
         full = np.flatnonzero(sizes == k)
