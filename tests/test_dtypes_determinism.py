@@ -78,10 +78,12 @@ def test_same_fit_across_chunkings_and_schedulers(rng, name):
     assert not np.allclose(other.A_[0], ref.A_[0])  # the seed matters (the comparison above can fail)
 
 
-def test_deep_backprop_same_on_local_cluster(rng, local_cluster):
+@pytest.mark.parametrize("opts", [{}, {"label_loss": "kl"}, {"label_loss": "cross-entropy"}, {"backprop_solver": "hals"}],
+                         ids=["default", "kl", "cross-entropy", "hals"])
+def test_deep_backprop_same_on_local_cluster(rng, local_cluster, opts):
     X, y, g = _data(rng)
-    a = _fit(_estimators(scheduler="synchronous", chunk_rows=48)["DeepNMF"], X, y, g)
-    b = _fit(_estimators(scheduler=local_cluster, chunk_rows=12)["DeepNMF"], X, y, g)
+    a = _fit(_estimators(scheduler="synchronous", chunk_rows=48)["DeepNMF"].set_params(**opts), X, y, g)
+    b = _fit(_estimators(scheduler=local_cluster, chunk_rows=12)["DeepNMF"].set_params(**opts), X, y, g)
     for A, B in zip(_factors(b), _factors(a)):
         np.testing.assert_allclose(A, B, rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(b.history_["energy"], a.history_["energy"], rtol=1e-9)
