@@ -10,6 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from dnmf_dask.kernels.nmf import block_step, transform_block, update_factor
 from dnmf_dask.kernels.nnls import nnls_gram
+from dnmf_dask.kernels.solvers import transform_block_general
 from dnmf_dask.kernels.pooling import max_pool, max_pool_backward, pool_windows
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,6 +49,7 @@ _UNDERFLOW = (  # a column of A whose squared norm underflows to 0 while X A is 
 @SETTINGS
 @given(mu_problem(), st.sampled_from([np.float32, np.float64]), st.booleans())
 @example(_UNDERFLOW, np.float64, False)
+@example((np.ones((1, 1)), np.array([[1.40129846e-45]]), np.ones((1, 1)), None), np.float32, False)  # subnormal S row
 def test_mu_steps_keep_factors_nonnegative_and_finite(problem, dtype, sparse):
     X, S, A, W = (None if M is None else M.astype(dtype) if M.dtype != bool else M for M in problem)
     Xin = sp.csr_matrix(X) if sparse and W is None else X
@@ -57,6 +59,8 @@ def test_mu_steps_keep_factors_nonnegative_and_finite(problem, dtype, sparse):
     assert np.all(np.isfinite(A1)) and A1.min(initial=0) >= 0
     St, _ = transform_block(Xin, A, S, max_iter=5, tol=0, W=W)
     assert np.all(np.isfinite(St)) and St.min(initial=0) >= 0
+    Sg, _ = transform_block_general(Xin, A, S, max_iter=5, tol=0, W=W)  # the MU path of kernels/solvers.py
+    assert np.all(np.isfinite(Sg)) and Sg.min(initial=0) >= 0
 
 
 @SETTINGS

@@ -152,7 +152,7 @@ if AVAILABLE:
                         d = d + den_add[i, t]
                     if d == 0:
                         d = eps
-                    S_new[i, t] = S[i, t] * (nm / d)
+                    S_new[i, t] = S[i, t] * nm / d  # product first, as kernels.nmf._mu: no overflow of nm / d
             if a_stats:
                 for p in range(indptr[i], indptr[i + 1]):
                     j = indices[p]

@@ -66,6 +66,18 @@ def _floored_gram(G):
     return G
 
 
+def gram_den(F, G, FG=None):
+    """The MU denominator ``F @ G`` with G's diagonal floored (:func:`_floored_gram`).
+
+    ``FG`` is ``F @ G`` when the caller has formed it already (e.g. for the loss): it is returned
+    as is when no floor applies, so the product is not formed twice.
+    """
+    Gf = _floored_gram(G)
+    if Gf is G:
+        return F @ G if FG is None else FG
+    return F @ Gf
+
+
 def _sq_norm(X):
     """||X||_F² in float64; for canonical CSR straight from the stored values (no X ⊙ X copy)."""
     if sp.issparse(X):
@@ -159,8 +171,7 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
             AtA = A.T @ A
         AtA = AtA.astype(dt, copy=False)
         SAtA = S @ AtA
-        AtA_den = _floored_gram(AtA)
-        den = SAtA if AtA_den is AtA else S @ AtA_den
+        den = gram_den(S, AtA, SAtA)
         den = den if den_L is None else den + den_L
         if fused.FROBENIUS and fused.usable(X, S):
             # one sweep of X: X A, the new rows of S and Xᵀ S_new (kernels/fused.py)
@@ -223,7 +234,7 @@ def update_factor(F, num, den_gram=None, den_full=None):
     ``F ← F ⊙ num / den`` with ``den = F @ den_gram`` (e.g. A (SᵀS), B (S_Lᵀ S_L)) or a
     precomputed ``den_full`` (masked case). Shapes: F, num, den all (rows, k).
     """
-    den = F @ _floored_gram(den_gram) if den_full is None else den_full
+    den = gram_den(F, den_gram) if den_full is None else den_full
     return _mu(F, num, den).astype(F.dtype, copy=False)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import fused
-from .nmf import EPS, _safe_ratio, one_hot, split_missing
+from .nmf import EPS, _mu, gram_den, one_hot, split_missing
 
 #: float64 machine epsilon: A entries below it are set to 0 after a KL update (as scikit-learn)
 TINY = float(np.finfo(np.float64).eps)
@@ -97,7 +97,7 @@ def data_term(X, S, A, W, loss, AtA, norm_X):
             SAtA = S @ AtA
             lossX = norm_X - 2.0 * float(np.einsum("ij,ij->", S, XA, dtype=np.float64)) + float(
                 np.einsum("ij,ij->", S, SAtA, dtype=np.float64))
-            return max(lossX, 0.0), XA, SAtA
+            return max(lossX, 0.0), XA, gram_den(S, AtA, SAtA)
         from .nmf import masked_product
 
         WSA = masked_product(S, A, W)
@@ -261,7 +261,7 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
             den = den + cX * l1_S
         if l2_S:
             den = den + cX * l2_S * S
-        S_new = S * _safe_ratio(num, den)
+        S_new = _mu(S, num, den)
     else:
         kw = {} if labeled is None else {"Y": Y, "labeled": labeled, "B": B, "lam": lam}
         S_new = ls_S_update(S, num, AtA, solver=solver, l1=l1_S, l2=l2_S, **kw)
@@ -321,7 +321,7 @@ def update_A(A, st, *, loss, solver, l1=0.0, l2=0.0):
         return nnls_gram(G, C, S0=A).astype(A.dtype)
     if loss == "frobenius":
         num = st["XtS"]
-        den = A @ st["StS"] if "StS" in st else st["WSAtS"]
+        den = gram_den(A, st["StS"]) if "StS" in st else st["WSAtS"]
     else:
         num = st["RtS"]
         if "S_sum" in st:
@@ -334,7 +334,7 @@ def update_A(A, st, *, loss, solver, l1=0.0, l2=0.0):
         den = den + l1
     if l2:
         den = den + l2 * A
-    A = (A * _safe_ratio(num, den)).astype(A.dtype, copy=False)
+    A = _mu(A, num, den).astype(A.dtype, copy=False)
     if loss != "frobenius":
         A[A < TINY] = 0.0  # as scikit-learn after its KL update of H
     return A
@@ -349,11 +349,11 @@ def update_B(B, st, *, label_loss, solver="mu", lam=1.0):
             from .nnls import nnls_gram
 
             return nnls_gram(st["StS_L"], st["YtS"], S0=B).astype(B.dtype)
-        return (B * _safe_ratio(st["YtS"], B @ st["StS_L"])).astype(B.dtype, copy=False)
+        return _mu(B, st["YtS"], B @ st["StS_L"]).astype(B.dtype, copy=False)
     if label_loss == "kullback-leibler":
         den = np.broadcast_to(st["S_L_sum"], B.shape)
-        return (B * _safe_ratio(st["RYtS"], den)).astype(B.dtype, copy=False)
-    return (B * _safe_ratio(st["YtS"], st["PtS"])).astype(B.dtype, copy=False)
+        return _mu(B, st["RYtS"], den).astype(B.dtype, copy=False)
+    return _mu(B, st["YtS"], st["PtS"]).astype(B.dtype, copy=False)
 
 
 def penalty(st, A, l1_S, l2_S, l1_A, l2_A):
