@@ -246,16 +246,15 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
         stats["loss_Y"] = lossY
         stats["n_labeled"] = int(labeled.sum())
         stats["n_correct"] = int(np.sum((np.argmax(S @ B.T, axis=1) == y) & labeled))
+    cY = lam * weight(label_loss) if labeled is not None and lam > 0 else None  # the label term's weight in MU
     if fuse:
         S_new, RtS, stats["loss_X"] = _kl_fused(X, S, A, cX, update_S, a_stats, l1_S, l2_S,
-                                                lam * weight(label_loss) * numY if labeled is not None and lam > 0 else None,
-                                                lam * weight(label_loss) * denY if labeled is not None and lam > 0 else None)
+                                                None if cY is None else cY * numY, None if cY is None else cY * denY)
     elif not update_S:
         S_new = S
     elif solver == "mu":
         num, den = cX * num, cX * den
-        if labeled is not None and lam > 0:
-            cY = lam * weight(label_loss)
+        if cY is not None:
             num, den = num + cY * numY, den + cY * denY
         if l1_S:
             den = den + cX * l1_S

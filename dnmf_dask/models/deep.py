@@ -313,8 +313,7 @@ class DeepNMF(HierarchicalNMF):
         layer = self._check_layer(layer)
         pool_size, stride = int(self.pool_size), int(self.stride)
         with scheduler_context(self.scheduler):
-            blocks, _, info = self._prepare(X, None, groups, None)
-            self._check_feature_space(X, blocks.n_features)
+            blocks, info = self._blocks_for(X, groups)
             g = info["groups"]
             if g is None and layer > 0:
                 raise DNMFValueError(

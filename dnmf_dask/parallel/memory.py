@@ -110,7 +110,10 @@ def worker_memory_limits():
     None when no Client is the current scheduler (threads, synchronous, processes) or when a
     worker has no limit (0 / None): there is then nothing to fit into.
     """
-    workers = _workers()
+    return _memory_limits(_workers())
+
+
+def _memory_limits(workers):
     limits = [w.get("memory_limit") for w in (workers or {}).values()]
     if not limits or any(not lim for lim in limits):
         return None
@@ -136,10 +139,11 @@ def block_bytes_budget():
     :data:`BLOCK_SHARE_OF_MEMORY` of the smallest worker ``memory_limit`` per worker thread (each
     thread runs its own block); None without a distributed Client with memory limits.
     """
-    limits = worker_memory_limits()
+    workers = _workers()  # one request to the scheduler for both the limits and the threads
+    limits = _memory_limits(workers)
     if limits is None:
         return None
-    threads = max(int(w.get("nthreads", 1) or 1) for w in _workers().values())
+    threads = max(int(w.get("nthreads", 1) or 1) for w in workers.values())
     return int(BLOCK_SHARE_OF_MEMORY * min(limits) / threads)
 
 
