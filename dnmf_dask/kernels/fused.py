@@ -401,6 +401,21 @@ if AVAILABLE:
             failed[i] = not _solve_passive_row(G, H, u, C[i], P[i], X[i], M, b, nb, rhs, z)
 
 
+def _row_inputs(G, H, C, U=None):
+    """Contiguous float64 (G, H, C, U) for the row kernels: H = G⁻¹ or an empty (0, 0) array,
+    U = C H (H symmetric: the rows are the unconstrained solutions H c; computed unless given),
+    or C itself without H (unused then)."""
+    C = np.ascontiguousarray(C, dtype=np.float64)
+    H = np.zeros((0, 0)) if H is None else np.ascontiguousarray(H, dtype=np.float64)
+    if H.shape[0] != C.shape[1]:
+        U = C
+    elif U is None:
+        U = C @ H
+    else:
+        U = np.ascontiguousarray(U, dtype=np.float64)
+    return np.ascontiguousarray(G, dtype=np.float64), H, C, U
+
+
 def passive_rows(G, H, C, P, U=None):
     """``X[i, F_i] = G_{F_i F_i}⁻¹ C[i, F_i]`` (zeros off the passive set F_i = P[i]) row by row.
 
@@ -420,16 +435,10 @@ def passive_rows(G, H, C, P, U=None):
     (to be solved by another path)
     """
     n, k = C.shape
-    C = np.ascontiguousarray(C, dtype=np.float64)
-    H = np.zeros((0, 0)) if H is None else np.ascontiguousarray(H, dtype=np.float64)
-    if H.shape[0] == k:
-        U = C @ H if U is None else np.ascontiguousarray(U, dtype=np.float64)
-    else:
-        U = C
+    G, H, C, U = _row_inputs(G, H, C, U)
     X = np.zeros((n, k))
     failed = np.zeros(n, dtype=bool)
-    _passive_rows_kernel(np.ascontiguousarray(G, dtype=np.float64), H, U, C, np.ascontiguousarray(P, dtype=bool),
-                         X, failed)
+    _passive_rows_kernel(G, H, U, C, np.ascontiguousarray(P, dtype=bool), X, failed)
     return X, np.flatnonzero(failed)
 
 
@@ -456,10 +465,7 @@ def bpp_rows(G, H, C, P0, max_iter, tol, p_bar):
     X = np.zeros((n, k))
     P = np.zeros((n, k), dtype=bool)
     unf = np.zeros(n, dtype=bool)
-    C = np.ascontiguousarray(C, dtype=np.float64)
-    H = np.zeros((0, 0)) if H is None else np.ascontiguousarray(H, dtype=np.float64)
-    U = C @ H if H.shape[0] == k else C  # H symmetric: rows of U are H c
+    G, H, C, U = _row_inputs(G, H, C)
     P0 = np.zeros((0, k), dtype=bool) if P0 is None else np.ascontiguousarray(P0, dtype=bool)
-    n_iter, n_backup = _bpp_rows_kernel(np.ascontiguousarray(G, dtype=np.float64), H, U, C, P0, int(max_iter),
-                                        float(tol), int(p_bar), X, P, unf)
+    n_iter, n_backup = _bpp_rows_kernel(G, H, U, C, P0, int(max_iter), float(tol), int(p_bar), X, P, unf)
     return X, P, int(n_iter), int(n_backup), np.flatnonzero(unf)
