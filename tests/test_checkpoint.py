@@ -93,6 +93,53 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, name):
     np.testing.assert_allclose(m.history_[key], ref.history_[key], rtol=1e-10)
 
 
+_REBLOCK = {  # estimator factories without chunk_rows: the blocking comes from the dask input
+    "ssnmf": (lambda: dd.SSNMF(4, max_iter=25, tol=0, random_state=0, scheduler="threads"), "mu"),
+    "hierarchical": (lambda: dd.HierarchicalNMF((5, 3), max_iter=12, tol=0, random_state=0, scheduler="threads"), "layer"),
+    "neural-pgd-in-init": (lambda: dd.NeuralNMF((5, 3), epochs=9, tol=0, init_max_iter=15, random_state=0,
+                                                scheduler="threads"), "layer"),
+}
+
+
+@pytest.mark.parametrize("name", list(_REBLOCK))
+def test_resume_with_another_blocking(tmp_path, monkeypatch, name):
+    """A checkpoint written with blocks of 30 rows resumes with blocks of 45 (another cluster's
+    default blocking): the stored S rows are re-split, and the model equals the uninterrupted one."""
+    import dask.array as da
+
+    X, y = _data()
+    make, phase = _REBLOCK[name]
+    ref = make().fit(da.from_array(X, chunks=(45, -1)), y)
+    saves = _interrupt_after(monkeypatch, 2, phase)
+    with pytest.raises(_Stop):
+        make().fit(da.from_array(X, chunks=(30, -1)), y, checkpoint=tmp_path / "ck", checkpoint_every=3)
+    assert len(saves) == 2
+    monkeypatch.undo()
+    read = []
+    orig = ckmod._read_S_rows
+    monkeypatch.setattr(ckmod, "_read_S_rows", lambda *a: read.append(a[2:]) or orig(*a))
+    m = make().fit(da.from_array(X, chunks=(45, -1)), y, checkpoint=tmp_path / "ck", checkpoint_every=3, resume=True)
+    assert (0, 45) in read and (90, 120) in read  # the stored 30-row blocks were re-split
+    for a, b in zip(m.A_, ref.A_):
+        assert _rel(a, b) < 1e-8
+    assert m.n_iter_ == ref.n_iter_ and m.stop_reason_ == ref.stop_reason_
+
+
+def test_sgd_checkpoint_pins_the_blocking(tmp_path, monkeypatch):
+    """SGD's mini-batches are the row blocks, so its checkpoint refuses another blocking, by name."""
+    import dask.array as da
+
+    X, y = _data()
+    make = MODELS["neural-sgd"][0]
+    make_nochunk = lambda: make().set_params(chunk_rows=None)  # noqa: E731
+    _interrupt_after(monkeypatch, 2, "neural")
+    with pytest.raises(_Stop):
+        make_nochunk().fit(da.from_array(X, chunks=(30, -1)), y, checkpoint=tmp_path / "ck", checkpoint_every=3)
+    monkeypatch.undo()
+    with pytest.raises(DNMFValueError, match=r"differing in \['data.row_offsets'\]"):
+        make_nochunk().fit(da.from_array(X, chunks=(45, -1)), y, checkpoint=tmp_path / "ck", resume=True)
+
+
 def test_failed_checkpoint_write_leaves_previous_one(tmp_path, monkeypatch):
     """A write that dies half-way (here: the 3rd S block of the 2nd checkpoint) leaves no visible
     checkpoint behind; the previous one stays complete and resuming from it gives the same model."""
@@ -209,3 +256,13 @@ def test_layered_resume_equals_uninterrupted(tmp_path, monkeypatch, name, n_save
         assert _rel(a, b) < 1e-8
     assert _rel(m.B_, ref.B_) < 1e-8 and m.n_iter_ == ref.n_iter_
     np.testing.assert_allclose(m.layer_rel_error_, ref.layer_rel_error_, rtol=1e-10)
+
+
+def test_old_checkpoints_with_offsets_still_match():
+    """Checkpoints written while the offsets were part of every fingerprint still resume a fit
+    whose result does not depend on the blocking, and only such a fit."""
+    old = {"class": "NMF", "data": {"n_samples": 4, "row_offsets": [0, 2, 4]}}
+    assert ckmod._comparable_meta(old, {"class": "NMF", "data": {"n_samples": 4}}) == {"class": "NMF", "data": {"n_samples": 4}}
+    pinned = {"class": "NMF", "data": {"n_samples": 4, "row_offsets": [0, 4]}}
+    assert ckmod._comparable_meta(old, pinned) == old
+    assert ckmod._meta_diff(pinned, old) == ["data.row_offsets"]

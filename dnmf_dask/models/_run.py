@@ -17,15 +17,26 @@ from ..store.checkpoint import Checkpointer, estimator_meta
 DEFAULT_CHECKPOINT_EVERY = 10
 
 
-def data_fingerprint(blocks, y=None) -> dict:
-    """What identifies the training data for a checkpoint: shape, blocking, dtype, labels."""
+def blocking_matters(estimator) -> bool:
+    """Whether the fitted model depends on the row blocking, not only on the data.
+
+    Only mini-batch SGD (NeuralNMF ``solver="sgd"``, whose mini-batches are the row blocks) does;
+    every other fit agrees across chunkings to rounding, so its checkpoints can be resumed with
+    another blocking (another cluster's default, see :meth:`Checkpoint.S_blocks`).
+    """
+    return getattr(estimator, "solver", None) == "sgd"
+
+
+def data_fingerprint(blocks, y=None, with_offsets=True) -> dict:
+    """What identifies the training data for a checkpoint: shape, dtype, labels (and blocking)."""
     fp = {
         "n_samples": int(blocks.n_samples),
         "n_features": int(blocks.n_features),
-        "row_offsets": [int(o) for o in blocks.offsets],
         "dtype": np.dtype(blocks.dtype).name,
         "sparse": bool(blocks.sparse),
     }
+    if with_offsets:
+        fp["row_offsets"] = [int(o) for o in blocks.offsets]
     if y is not None:
         fp["y_sha256"] = hashlib.sha256(np.ascontiguousarray(np.asarray(y, dtype=np.int64)).tobytes()).hexdigest()
     return fp
@@ -40,7 +51,7 @@ def make_checkpointer(estimator, checkpoint, checkpoint_every, resume, blocks, y
             raise DNMFValueError("checkpoint: expected the checkpoint folder to resume from, found None")
         return None
     every = DEFAULT_CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every
-    return Checkpointer(checkpoint, every, estimator_meta(estimator, data_fingerprint(blocks, y)))
+    return Checkpointer(checkpoint, every, estimator_meta(estimator, data_fingerprint(blocks, y, blocking_matters(estimator))))
 
 
 def resume_point(ck, resume, phases):

@@ -217,7 +217,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
             codes_l = None if codes is None else np.concatenate(y_parts)
             if l < len(done):  # finished before the interruption
                 d = done[l]
-                S_l = d.S_blocks()
+                S_l = d.S_blocks(data.offsets)
                 As.append(d.arrays["A"])
                 S_layers.append(S_l)
                 hists.append(d.state["history"])
@@ -230,7 +230,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
                 continue
             B0, start = None, None
             if partial is not None:
-                S_blocks, A, B0 = partial.S_blocks(), partial.arrays["A"], partial.arrays.get("B")
+                S_blocks, A, B0 = partial.S_blocks(data.offsets), partial.arrays["A"], partial.arrays.get("B")
                 start = {"iteration": partial.iteration, "history": partial.state["history"]}
                 partial = None
             else:

@@ -274,7 +274,7 @@ class NMF(BaseFactorization):
             lam = float(getattr(self, "lam", 0.0))
             start, B = None, None
             if resumed is not None:
-                S_blocks, A, B = resumed.S_blocks(), resumed.arrays["A0"], resumed.arrays.get("B")
+                S_blocks, A, B = resumed.S_blocks(blocks.offsets), resumed.arrays["A0"], resumed.arrays.get("B")
                 start = {"iteration": resumed.iteration, "history": resumed.state["history"]}
             elif warm is not None:
                 S_blocks, A, B = self._warm_factors(blocks, warm, n_classes, summary)

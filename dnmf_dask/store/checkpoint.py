@@ -54,6 +54,32 @@ def estimator_meta(estimator, fingerprint: dict) -> dict:
     return _json_norm({"class": type(estimator).__name__, "params": params, "data": fingerprint})
 
 
+def _comparable_meta(stored: dict, meta: dict | None) -> dict:
+    """``stored`` without the block offsets when ``meta`` does not pin them.
+
+    Checkpoints written before the blocking stopped being part of the data fingerprint carry
+    ``row_offsets``; a fit whose result does not depend on its blocking resumes them anyway.
+    """
+    data = stored.get("data")
+    if meta is None or not isinstance(data, dict) or "row_offsets" in meta.get("data", {}):
+        return stored
+    return {**stored, "data": {k: v for k, v in data.items() if k != "row_offsets"}}
+
+
+def _meta_diff(a: dict, b: dict, prefix: str = "") -> list:
+    """Dotted names of the entries that differ between two meta dicts (one level into dicts)."""
+    out = []
+    for k in set(a) | set(b):
+        va, vb = a.get(k), b.get(k)
+        if va == vb:
+            continue
+        if isinstance(va, dict) and isinstance(vb, dict) and not prefix:
+            out += _meta_diff(va, vb, f"{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def _write_S(path: str, i: int, S) -> int:
     S = np.ascontiguousarray(S)
     zarr.create_array(f"{path}/S/{i}", data=S, overwrite=False)
@@ -62,6 +88,16 @@ def _write_S(path: str, i: int, S) -> int:
 
 def _read_S(path: str, i: int):
     return zarr.open_array(f"{path}/S/{i}", mode="r")[:]
+
+
+def _read_S_rows(path: str, stored_offsets, start: int, stop: int):
+    """Rows ``start:stop`` of the stored S, gathered from the stored blocks that overlap them."""
+    parts = []
+    for i in range(len(stored_offsets) - 1):
+        lo, hi = max(start, stored_offsets[i]), min(stop, stored_offsets[i + 1])
+        if lo < hi:
+            parts.append(zarr.open_array(f"{path}/S/{i}", mode="r")[lo - stored_offsets[i] : hi - stored_offsets[i]])
+    return np.concatenate(parts, axis=0)
 
 
 @dataclass
@@ -77,13 +113,34 @@ class Checkpoint:
     state: dict
     meta: dict
 
-    def S_blocks(self):
-        """Per-block S as persisted dask tasks reading this checkpoint (None without S)."""
+    def stored_offsets(self) -> np.ndarray:
+        """Row offsets of the stored S blocks (from the stored arrays' shapes)."""
+        rows = [zarr.open_array(f"{self.path}/S/{i}", mode="r").shape[0] for i in range(self.n_S)]
+        return np.r_[0, np.cumsum(rows, dtype=np.int64)]
+
+    def S_blocks(self, offsets=None):
+        """Per-block S as persisted dask tasks reading this checkpoint (None without S).
+
+        ``offsets`` (row offsets of the resumed fit's blocks, length n_blocks + 1) re-splits the
+        stored rows when the fit is blocked differently from the one that wrote the checkpoint
+        (e.g. resumed on a cluster whose workers' memory gives another default blocking); each
+        new block reads only the rows it needs from the stored blocks.
+        """
         if not self.n_S:
             return None
         p = str(self.path)
         tag = uuid.uuid4().hex[:12]
-        parts = [dask.delayed(_read_S, pure=True)(p, i, dask_key_name=f"ckpt-S-{tag}-{i}") for i in range(self.n_S)]
+        stored = self.stored_offsets() if offsets is not None else None
+        if stored is None or np.array_equal(stored, offsets):
+            parts = [dask.delayed(_read_S, pure=True)(p, i, dask_key_name=f"ckpt-S-{tag}-{i}") for i in range(self.n_S)]
+        else:
+            offsets = np.asarray(offsets, dtype=np.int64)
+            if offsets[-1] != stored[-1]:
+                raise StoreError(f"checkpoint {p!r}: expected S of {int(offsets[-1])} rows, found {int(stored[-1])}")
+            so = [int(o) for o in stored]
+            parts = [dask.delayed(_read_S_rows, pure=True)(p, so, int(offsets[i]), int(offsets[i + 1]),
+                                                           dask_key_name=f"ckpt-S-{tag}-{i}")
+                     for i in range(len(offsets) - 1)]
         return list(dask.persist(*parts))
 
 
@@ -133,8 +190,9 @@ class Checkpointer:
 
     def _load(self, p: Path) -> Checkpoint:
         root, a, _ = open_store(p, FORMAT, FORMAT_VERSION)
-        if self.meta is not None and a.get("meta") != self.meta:
-            diff = sorted(k for k in set(self.meta) | set(a.get("meta", {})) if self.meta.get(k) != a.get("meta", {}).get(k))
+        stored = _comparable_meta(a.get("meta", {}), self.meta)
+        if self.meta is not None and stored != self.meta:
+            diff = sorted(_meta_diff(self.meta, stored))
             raise DNMFValueError(
                 f"checkpoint: expected a checkpoint of the same model and data, found {str(p)!r} differing in {diff} "
                 "(use another checkpoint folder or start without resume)"
