@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import DNMFTypeError, DNMFValueError
+from . import nmf as _nmf
 from .pooling import apply_pool_index, max_pool, max_pool_backward, pool_counts, pool_labels
 from .solvers import (LABEL_LOSSES, LOSS_ALIASES, canonical_loss, label_stats, label_term, ls_S_update, update_A,
                       update_B, weight)
@@ -244,10 +245,7 @@ def one_hot(y, n_classes, dtype=np.float64):
     """``(Y, labeled)``: one-hot Y (n, n_classes) with zero rows for ``y == -1``; labeled (n,) bool."""
     y = np.asarray(y)
     y = _check_labels(y, y.shape[0] if y.ndim == 1 else -1, n_classes)
-    labeled = y >= 0
-    Y = np.zeros((y.shape[0], n_classes), dtype=dtype)
-    Y[np.flatnonzero(labeled), y[labeled]] = 1
-    return Y, labeled
+    return _nmf.one_hot(y, n_classes, dtype), y >= 0
 
 
 def reconstruction_energy(X, S, A, observed=None):
