@@ -27,6 +27,10 @@ def test_recovers_planted_rank(rng, method):
     assert [r["k"] for r in res.table if r["selected"]] == [4]
     assert rows[4]["rel_error"] < 0.05 < rows[3]["rel_error"]
     assert rows[4]["silhouette"] > 0.9 > rows[6]["silhouette"]
+    # the stability rule reads the worst cluster's silhouette: every k above the planted one
+    # must have an unstable component, k = 4 none
+    assert rows[4]["silhouette_min"] > 0.9
+    assert all(rows[k]["silhouette_min"] < 0.2 for k in (5, 6, 7))
 
 
 def test_hierarchy_candidates_shrink_and_outputs(rng, tmp_path):
