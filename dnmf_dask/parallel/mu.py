@@ -116,8 +116,8 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
             A=A, AtA=A.T @ A, B=B, lam=lam, update_S=update_S, semi=semi, opts=opts,
         )
 
-    # the driver's k-column GEMMs (AᵀA, the A update) are as small as the tasks' ones
-    with one_blas_thread():
+    # the driver's k-column GEMMs (AᵀA, the A update) are as small as the tasks' ones, on every scheduler
+    with one_blas_thread(driver=True):
         stop_reason, n_iter = "max_iter", first - 1
         bar = progress.Progress(progress_label, max_iter, start=first - 1)
         for it in range(first, max_iter + 1):
