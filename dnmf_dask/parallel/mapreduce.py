@@ -123,29 +123,31 @@ def map_reduce(func, per_block, *, keep_outputs=True, consume=False, **shared_kw
         return None, total.compute()
 
 
-def submit_map_reduce(func, per_block, *, finish, finish_kwargs=None, finish_nout=2, keep_outputs=True,
+def submit_map_reduce(func, per_block, *, finish, finish_kwargs=None, finish_items=(), keep_outputs=True,
                       **shared_kwargs):
     """Submit a pass like :func:`map_reduce` without waiting for it, reducing into ``finish``.
 
     The tree's root is the task ``finish(*partial_sums, **finish_kwargs)``: it adds its inputs
     with :func:`add_stats` (the same fixed tree as :func:`map_reduce`, so the same sums) and can
     use them where they are, e.g. update a factor on the worker, so that only what the driver
-    needs comes back. ``finish`` returns a tuple of ``finish_nout`` values.
+    needs comes back.
 
-    Returns ``(outputs, finished)``: the per-block outputs (persisted Delayed, or None when not
-    ``keep_outputs``) and ``finish``'s values (persisted Delayed each). On a distributed Client
-    these are futures still running when this returns, so the driver can submit the next pass,
-    which takes them as inputs, before it has the results of this one; in-process schedulers
-    compute the pass here.
+    Returns ``(outputs, root, items)``: the per-block outputs (persisted Delayed, or None when
+    not ``keep_outputs``), ``finish``'s value (persisted Delayed) and ``root[i]`` for each ``i``
+    in ``finish_items`` (persisted Delayed each: e.g. the part the driver fetches; a next pass
+    that takes ``root`` itself waits for one task less than for one of its items). On a
+    distributed Client these are futures still running when this returns, so the driver can
+    submit the next pass, which takes them as inputs, before it has the results of this one;
+    in-process schedulers compute the pass here.
     """
     kw = {k: (shared(v, k) if isinstance(v, np.ndarray) else v) for k, v in shared_kwargs.items()}
     name = getattr(func, "__name__", "block")
     tasks = [dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=f"{name}-{uuid.uuid4().hex}")
              for args in per_block]
-    root = dask.delayed(finish, nout=finish_nout, pure=False)(
+    root = dask.delayed(finish, pure=False)(
         *_tree_levels([t[1] for t in tasks], FAN_IN), **(finish_kwargs or {}),
         dask_key_name=f"{getattr(finish, '__name__', 'finish')}-{uuid.uuid4().hex}")
     outputs = [t[0] for t in tasks] if keep_outputs else []
     with one_blas_thread():
-        outputs, finished = dask.persist(outputs, [root[i] for i in range(finish_nout)])
-    return (list(outputs) if keep_outputs else None), list(finished)
+        outputs, root, items = dask.persist(outputs, root, [root[i] for i in finish_items])
+    return (list(outputs) if keep_outputs else None), root, list(items)

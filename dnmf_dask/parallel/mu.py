@@ -50,12 +50,14 @@ class SolverOptions:
 
 
 def _initial_state(A, B):
-    """The factors a pass reads: A, its Gram AᵀA (formed once, shared by all blocks) and B."""
-    return dask.delayed({"A": A, "AtA": A.T @ A, "B": B}, name=f"mu-state-{uuid.uuid4().hex}")
+    """The state a pass reads, as :func:`_mu_finish` returns it: ``(factors, None)`` with the
+    factors A, its Gram AᵀA (formed once, shared by all blocks) and B."""
+    return dask.delayed(({"A": A, "AtA": A.T @ A, "B": B}, None), name=f"mu-state-{uuid.uuid4().hex}")
 
 
 def _mu_pass_task(X, S, y, W, *, state, **kw):
-    return _mu_task(X, S, y, W, A=state["A"], AtA=state["AtA"], B=state["B"], **kw)
+    f = state[0]
+    return _mu_task(X, S, y, W, A=f["A"], AtA=f["AtA"], B=f["B"], **kw)
 
 
 def _update_factors(A, B, st, *, lam, semi, opts):
@@ -79,13 +81,14 @@ def _update_factors(A, B, st, *, lam, semi, opts):
 def _mu_finish(*partial_sums, state, lam, semi, opts):
     """Root of a pass's reduction, run where the sums are: the next state and the driver's scalars.
 
-    Returns ``(state_new, small)``: the factors after this pass's updates with their Gram AᵀA
-    (they stay on the cluster for the next pass), and the summed scalars of the pass (loss_X,
+    ``state`` is the previous pass's result (or :func:`_initial_state`). Returns
+    ``(factors_new, small)``: the factors after this pass's updates with their Gram AᵀA (they
+    stay on the cluster: the next pass reads them from this task's result), and the summed scalars of the pass (loss_X,
     norm_X, loss_Y, n_labeled, ... at the pass's incoming state), with ``penalty`` of that state
     when ``opts`` has penalties. Only ``small`` travels to the driver each iteration.
     """
     st = add_stats(*partial_sums)
-    A, B = state["A"], state["B"]
+    A, B = state[0]["A"], state[0]["B"]
     small = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
     if opts is not None:
         small["penalty"] = penalty(st, A, opts.l1_S, opts.l2_S, opts.l1_A, opts.l2_A)
@@ -109,8 +112,8 @@ class _Pass:
 
     def factors(self, after=False):
         """(A, B) as numpy: those the pass read, or (``after``) those its updates made."""
-        st = (self.state_out if after else self.state_in).compute()
-        return st["A"], st["B"]
+        f = (self.state_out if after else self.state_in).compute()[0]
+        return f["A"], f["B"]
 
 
 @dataclass
@@ -181,9 +184,9 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     def submit(S_in, state, update_S):
         # the pass takes over the S blocks: a cluster frees each old block once its task has run
         # (the caller's _Pass keeps them only until it knows they are not the fit's result)
-        S_out, (state_out, small) = submit_map_reduce(
+        S_out, state_out, (small,) = submit_map_reduce(
             _mu_pass_task, list(zip(blocks.X, S_in, y_parts, W_parts)), state=state,
-            finish=_mu_finish, finish_kwargs={"state": state, "lam": lam, "semi": semi, "opts": opts},
+            finish=_mu_finish, finish_kwargs={"state": state, "lam": lam, "semi": semi, "opts": opts}, finish_items=(1,),
             lam=lam, update_S=update_S, semi=semi, opts=opts,
         )
         return _Pass(S_in, state, S_out, state_out, small)
