@@ -1,5 +1,6 @@
 """The distributed multiplicative-update solver shared by NMF, SSNMF and every layer of the
-hierarchical and deep models: one pass over the row blocks per iteration, driver-side A/B updates.
+hierarchical and deep models: one pass over the row blocks per iteration, the A/B updates in the
+pass's reduction (on the cluster), passes submitted one ahead of the driver's convergence check.
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ def _mu_finish(*partial_sums, state, lam, semi, opts):
 
     ``state`` is the previous pass's result (or :func:`_initial_state`). Returns
     ``(factors_new, small)``: the factors after this pass's updates with their Gram AᵀA (they
-    stay on the cluster: the next pass reads them from this task's result), and the summed scalars of the pass (loss_X,
-    norm_X, loss_Y, n_labeled, ... at the pass's incoming state), with ``penalty`` of that state
-    when ``opts`` has penalties. Only ``small`` travels to the driver each iteration.
+    stay on the cluster: the next pass reads them from this task's result), and the summed
+    scalars of the pass (loss_X, norm_X, loss_Y, n_labeled, ... at the pass's incoming state),
+    with ``penalty`` of that state when ``opts`` has penalties. Only ``small`` travels to the
+    driver each iteration.
     """
     st = add_stats(*partial_sums)
     A, B = state[0]["A"], state[0]["B"]
@@ -100,7 +102,7 @@ def _mu_finish(*partial_sums, state, lam, semi, opts):
 class _Pass:
     """One submitted pass: its inputs (S blocks, state) and its persisted results."""
 
-    S_in: list
+    S_in: list | None
     state_in: object
     S_out: list
     state_out: object
@@ -153,11 +155,13 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     pass evaluates the final state. The A and B updates run in the root task of each pass's
     reduction (:func:`_mu_finish`), where the summed statistics are, and the new factors stay
     there for the next pass: only the pass's scalars travel to the driver. Without a
-    ``checkpoint``, pass t+1 is submitted before the driver has pass t's scalars, so a
+    ``checkpoint`` and with X in (cluster) memory (``blocks.persisted``), pass t+1 is submitted
+    before the driver has pass t's scalars, so a
     distributed cluster starts it as soon as pass t's updates are done; when those scalars then
     end the fit (``tol``), pass t+1 is the evaluation of the final state (its S update is
-    dropped), so ``n_iter``, ``stop_reason`` and the result are the same as without it. ``history`` lists, per iteration, ``objective``, ``loss_X``,
-    ``loss_Y``, ``rel_error`` and ``accuracy_labeled``.
+    dropped), so ``n_iter``, ``stop_reason`` and the result are the same as without it.
+    ``history`` lists, per iteration, ``objective``, ``loss_X``, ``loss_Y``, ``rel_error`` and
+    ``accuracy_labeled``.
     """
     y_parts = blocks.split(y)
     W_parts = blocks.W or [None] * blocks.n_blocks
@@ -191,9 +195,11 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
         )
         return _Pass(S_in, state, S_out, state_out, small)
 
-    # with a checkpoint the driver needs each iteration's state before the next pass; otherwise
-    # pass t+1 is submitted before the driver has the objective of pass t (see the docstring)
-    speculate = checkpoint is None
+    # pass t+1 is submitted before the driver has the objective of pass t (see the docstring),
+    # except with a checkpoint (it needs each iteration's factors first) and when X is streamed
+    # from its store: the next pass's reads, which wait for nothing, would then run early and
+    # hold decoded blocks in the workers' memory until the current pass's updates are done
+    speculate = checkpoint is None and blocks.persisted
     # the driver's k-column GEMMs (the first AᵀA) are as small as the tasks' ones, on every scheduler
     with one_blas_thread(driver=True):
         stop_reason, n_iter = "max_iter", first - 1
