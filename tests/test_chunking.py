@@ -65,3 +65,14 @@ def test_no_blas_limit_for_a_client_scheduler():
 
     with dask.config.set(scheduler=FakeClient().get):
         assert isinstance(one_blas_thread(), contextlib.nullcontext)
+
+
+def test_driver_blas_limited_for_a_client_scheduler():
+    """fit_mu's own GEMMs run with one BLAS thread on a Client too (driver=True)."""
+
+    class FakeClient:
+        def get(self, *a, **k):  # pragma: no cover - never called
+            raise AssertionError
+
+    with dask.config.set(scheduler=FakeClient().get), one_blas_thread(driver=True):
+        assert _blas_threads(None)[1]["n"][0] == 1

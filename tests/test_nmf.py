@@ -113,6 +113,27 @@ def test_tol_stops_and_reports(rng):
         dd.NMF(3, max_iter=5, tol=1e-9, random_state=0, scheduler="threads").fit(X)
 
 
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_tol_stop_matches_reference_iteration(rng, tmp_path, scheduler, checkpoint):
+    """Without a checkpoint, pass t+1 is submitted before the driver has the objective of pass t;
+    the fit must still stop at the reference's iteration, with that iteration's factors (with a
+    checkpoint every pass waits for the previous one: the same result)."""
+    X = _data(rng)
+    k, tol = 4, 1e-2
+    W0, H0 = rng.random((X.shape[0], k)), rng.random((k, X.shape[1]))
+    _, _, _, objs = ssnmf_mu(X.T, H0.T, W0.T, n_iter=300)
+    # stop at iteration t when the objectives after t-2 and t-1 differ by <= tol (relative)
+    n_ref = next(t for t in range(3, 301) if objs[t - 3] - objs[t - 2] <= tol * objs[t - 3])
+    A_ref, S_ref, _, objs_ref = ssnmf_mu(X.T, H0.T, W0.T, n_iter=n_ref)
+    run = {"checkpoint": tmp_path / "ck", "checkpoint_every": 1000} if checkpoint else {}
+    m = dd.NMF(k, init="custom", max_iter=300, tol=tol, chunk_rows=50, scheduler=scheduler)
+    S = m.fit_transform(X, W=W0, H=H0, **run)
+    assert m.stop_reason_ == "tol" and m.n_iter_ == n_ref < 300
+    assert _rel(m.A_[0], A_ref) < 1e-8 and _rel(S, S_ref.T) < 1e-8
+    np.testing.assert_allclose(m.history_["objective"], objs_ref, rtol=1e-8)
+    assert m.reconstruction_err_ == pytest.approx(np.sqrt(objs_ref[-1]), rel=1e-8)
+
+
 def test_transform_and_inverse(rng):
     k = 3
     X = rng.random((90, k)) @ rng.random((k, 25))

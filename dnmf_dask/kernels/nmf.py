@@ -15,7 +15,8 @@ With λ = 0 (or no labels) and no mask these are Lee and Seung's NMF updates.
 
 Per block, :func:`block_step` does the S update of the block's rows (local) and returns the
 block's contributions to the numerators and denominators of the A and B updates (sums over
-rows, so blocks add up); :func:`update_factor` applies an update on the driver.
+rows, so blocks add up); :func:`update_factor` applies an update to the summed statistics
+(in the root task of the pass's reduction, see :func:`dnmf_dask.parallel.mu.fit_mu`).
 
 eps guard: wherever a denominator is exactly 0 it is replaced by ``EPS`` (float32 machine
 epsilon, as scikit-learn does), so a zero numerator gives 0 and never 0/0 = NaN; factors stay
@@ -275,7 +276,7 @@ def semi_block_step(X, S, A, *, AtA=None, update_S=True):
 
     In our orientation X ≈ S Aᵀ; the S update is
     ``S ← S ⊙ sqrt( ((X A)⁺ + S (AᵀA)⁻) / ((X A)⁻ + S (AᵀA)⁺) )`` with F⁺ = (|F|+F)/2,
-    F⁻ = (|F|−F)/2; the A update on the driver is the least-squares ``A = XᵀS (SᵀS)⁻¹``
+    F⁻ = (|F|−F)/2; the A update from the summed statistics is the least-squares ``A = XᵀS (SᵀS)⁻¹``
     (:func:`semi_update_A`). Returns (S_new, stats) with ``XtS``, ``StS`` and the incoming
     ``loss_X``, ``norm_X`` like :func:`block_step`.
     """

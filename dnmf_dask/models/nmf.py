@@ -88,7 +88,8 @@ class NMF(BaseFactorization):
     (n_features, k); ``transform`` returns S (n_samples, k); ``components_`` = ``A_[0].T``.
 
     Each iteration reads X once: every row block updates its S rows and emits its parts of XᵀS
-    and SᵀS, which are tree-summed; A is updated on the driver.
+    and SᵀS, which are tree-summed; A is updated where the sums are (the reduction's last task)
+    and stays on the cluster, so only the pass's losses travel to the driver.
 
     Parameters
     ----------

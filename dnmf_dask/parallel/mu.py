@@ -1,18 +1,21 @@
 """The distributed multiplicative-update solver shared by NMF, SSNMF and every layer of the
-hierarchical and deep models: one pass over the row blocks per iteration, driver-side A/B updates.
+hierarchical and deep models: one pass over the row blocks per iteration, the A/B updates in the
+pass's reduction (on the cluster), passes submitted one ahead of the driver's convergence check.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 
 from .. import progress
 from ..kernels.nmf import block_step, semi_block_step, semi_update_A, update_factor
 from ..kernels.solvers import general_block_step, penalty, update_A, update_B
 from .blocks import Blocks
-from .mapreduce import map_reduce, one_blas_thread
+from .mapreduce import add_stats, map_reduce, one_blas_thread, submit_map_reduce
 
 
 def _mu_task(X, S, y, W, *, A, AtA, B, lam, update_S, semi, opts=None):
@@ -45,6 +48,74 @@ class SolverOptions:
     def penalty_weight(self):
         """c_X: the penalty enters the objective as c_X·P (2 for the unhalved squared error)."""
         return 2.0 if self.loss == "frobenius" else 1.0
+
+
+def _initial_state(A, B):
+    """The state a pass reads, as :func:`_mu_finish` returns it: ``(factors, None)`` with the
+    factors A, its Gram AᵀA (formed once, shared by all blocks) and B."""
+    return dask.delayed(({"A": A, "AtA": A.T @ A, "B": B}, None), name=f"mu-state-{uuid.uuid4().hex}")
+
+
+def _mu_pass_task(X, S, y, W, *, state, **kw):
+    f = state[0]
+    return _mu_task(X, S, y, W, A=f["A"], AtA=f["AtA"], B=f["B"], **kw)
+
+
+def _update_factors(A, B, st, *, lam, semi, opts):
+    """A and B after one iteration, from the pass's summed statistics ``st``."""
+    if opts is not None:
+        A_new = update_A(A, st, loss=opts.loss, solver=opts.solver, l1=opts.l1_A, l2=opts.l2_A)
+        if B is not None and st.get("n_labeled"):
+            B = update_B(B, st, label_loss=opts.label_loss, solver=opts.solver, lam=lam)
+        return A_new, B
+    if semi:
+        A = semi_update_A(st["XtS"], st["StS"], A.dtype)
+    elif "WSAtS" in st:
+        A = update_factor(A, st["XtS"], den_full=st["WSAtS"])
+    else:
+        A = update_factor(A, st["XtS"], den_gram=st["StS"])
+    if B is not None and "YtS" in st:
+        B = update_factor(B, st["YtS"], den_gram=st["StS_L"])
+    return A, B
+
+
+def _mu_finish(*partial_sums, state, lam, semi, opts):
+    """Root of a pass's reduction, run where the sums are: the next state and the driver's scalars.
+
+    ``state`` is the previous pass's result (or :func:`_initial_state`). Returns
+    ``(factors_new, small)``: the factors after this pass's updates with their Gram AᵀA (they
+    stay on the cluster: the next pass reads them from this task's result), and the summed
+    scalars of the pass (loss_X, norm_X, loss_Y, n_labeled, ... at the pass's incoming state),
+    with ``penalty`` of that state when ``opts`` has penalties. Only ``small`` travels to the
+    driver each iteration.
+    """
+    st = add_stats(*partial_sums)
+    A, B = state[0]["A"], state[0]["B"]
+    small = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
+    if opts is not None:
+        small["penalty"] = penalty(st, A, opts.l1_S, opts.l2_S, opts.l1_A, opts.l2_A)
+    A_new, B_new = _update_factors(A, B, st, lam=lam, semi=semi, opts=opts)
+    return {"A": A_new, "AtA": A_new.T @ A_new, "B": B_new}, small
+
+
+@dataclass
+class _Pass:
+    """One submitted pass: its inputs (S blocks, state) and its persisted results."""
+
+    S_in: list | None
+    state_in: object
+    S_out: list
+    state_out: object
+    small: object
+
+    def stats(self):
+        """The pass's scalars (waits for the pass)."""
+        return self.small.compute()
+
+    def factors(self, after=False):
+        """(A, B) as numpy: those the pass read, or (``after``) those its updates made."""
+        f = (self.state_out if after else self.state_in).compute()[0]
+        return f["A"], f["B"]
 
 
 @dataclass
@@ -81,8 +152,16 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
         With penalties the objective is loss_X + λ loss_Y + c_X·P (see :mod:`dnmf_dask.kernels.solvers`).
 
     The objective of iteration t is computed by the pass of iteration t+1 (at no cost); one last
-    pass evaluates the final state. ``history`` lists, per iteration, ``objective``, ``loss_X``,
-    ``loss_Y``, ``rel_error`` and ``accuracy_labeled``.
+    pass evaluates the final state. The A and B updates run in the root task of each pass's
+    reduction (:func:`_mu_finish`), where the summed statistics are, and the new factors stay
+    there for the next pass: only the pass's scalars travel to the driver. Without a
+    ``checkpoint`` and with X in (cluster) memory (``blocks.persisted``), pass t+1 is submitted
+    before the driver has pass t's scalars, so a
+    distributed cluster starts it as soon as pass t's updates are done; when those scalars then
+    end the fit (``tol``), pass t+1 is the evaluation of the final state (its S update is
+    dropped), so ``n_iter``, ``stop_reason`` and the result are the same as without it.
+    ``history`` lists, per iteration, ``objective``, ``loss_X``, ``loss_Y``, ``rel_error`` and
+    ``accuracy_labeled``.
     """
     y_parts = blocks.split(y)
     W_parts = blocks.W or [None] * blocks.n_blocks
@@ -94,50 +173,46 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
         first = int(start["iteration"]) + 1
         hist = {k: list(start["history"].get(k, [])) for k in hist}
 
-    def record(st, A):
+    def record(st):
         lossY = st.get("loss_Y", 0.0)
         hist["loss_X"].append(st["loss_X"])
         hist["loss_Y"].append(lossY)
         obj = st["loss_X"] + lam * lossY
         if opts is not None:
-            obj += opts.penalty_weight * penalty(st, A, opts.l1_S, opts.l2_S, opts.l1_A, opts.l2_A)
+            obj += opts.penalty_weight * st["penalty"]
         hist["objective"].append(obj)
         hist["rel_error"].append(float(np.sqrt(st["loss_X"] / st["norm_X"])) if st["norm_X"] > 0 else 0.0)
         nl = st.get("n_labeled", 0)
         hist["accuracy_labeled"].append(st["n_correct"] / nl if nl else float("nan"))
 
-    def run(update_S, keep):
-        # the pass takes over the S blocks (consume=True): a cluster frees each old block once
-        # its task has run, so S is not held twice during the pass
-        nonlocal S_blocks
-        per_block, S_blocks = list(zip(blocks.X, S_blocks, y_parts, W_parts)), None
-        return map_reduce(
-            _mu_task, per_block, keep_outputs=keep, consume=keep,
-            A=A, AtA=A.T @ A, B=B, lam=lam, update_S=update_S, semi=semi, opts=opts,
+    def submit(S_in, state, update_S):
+        # the pass takes over the S blocks: a cluster frees each old block once its task has run
+        # (the caller's _Pass keeps them only until it knows they are not the fit's result)
+        S_out, state_out, (small,) = submit_map_reduce(
+            _mu_pass_task, list(zip(blocks.X, S_in, y_parts, W_parts)), state=state,
+            finish=_mu_finish, finish_kwargs={"state": state, "lam": lam, "semi": semi, "opts": opts}, finish_items=(1,),
+            lam=lam, update_S=update_S, semi=semi, opts=opts,
         )
+        return _Pass(S_in, state, S_out, state_out, small)
 
-    # the driver's k-column GEMMs (AᵀA, the A update) are as small as the tasks' ones
-    with one_blas_thread():
+    # pass t+1 is submitted before the driver has the objective of pass t (see the docstring),
+    # except with a checkpoint (it needs each iteration's factors first) and when X is streamed
+    # from its store: the next pass's reads, which wait for nothing, would then run early and
+    # hold decoded blocks in the workers' memory until the current pass's updates are done
+    speculate = checkpoint is None and blocks.persisted
+    # the driver's k-column GEMMs (the first AᵀA) are as small as the tasks' ones, on every scheduler
+    with one_blas_thread(driver=True):
         stop_reason, n_iter = "max_iter", first - 1
         bar = progress.Progress(progress_label, max_iter, start=first - 1)
+        cur = submit(S_blocks, _initial_state(A, B), first <= max_iter)
+        S_blocks = None
+        if first <= max_iter:
+            cur.S_in = None  # only an evaluation pass's input S is the result
         for it in range(first, max_iter + 1):
-            S_blocks, st = run(True, True)
+            nxt = submit(cur.S_out, cur.state_out, it < max_iter) if speculate else None
+            st = cur.stats()
             if it > 1:
-                record(st, A)  # objective after iteration it-1
-            if opts is not None:
-                A_new = update_A(A, st, loss=opts.loss, solver=opts.solver, l1=opts.l1_A, l2=opts.l2_A)
-                if B is not None and st.get("n_labeled"):
-                    B = update_B(B, st, label_loss=opts.label_loss, solver=opts.solver, lam=lam)
-                A = A_new
-            else:
-                if semi:
-                    A = semi_update_A(st["XtS"], st["StS"], A.dtype)
-                elif "WSAtS" in st:
-                    A = update_factor(A, st["XtS"], den_full=st["WSAtS"])
-                else:
-                    A = update_factor(A, st["XtS"], den_gram=st["StS"])
-                if B is not None and "YtS" in st:
-                    B = update_factor(B, st["YtS"], den_gram=st["StS_L"])
+                record(st)  # objective after iteration it-1
             n_iter = it
             if log is not None and hist["objective"]:
                 log(f"iteration {it}: objective {hist['objective'][-1]:.6g}, rel_error {hist['rel_error'][-1]:.4f}")
@@ -145,12 +220,23 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
             h = hist["objective"]
             if tol > 0 and len(h) >= 2 and (h[-2] - h[-1]) <= tol * abs(h[-2]):
                 stop_reason = "tol"
+                cur = nxt or submit(cur.S_out, cur.state_out, False)  # the evaluation of iteration it
                 break
-            if checkpoint is not None and it < max_iter:
-                S_blocks = checkpoint(it, S_blocks, A, B, hist) or S_blocks
+            if nxt is None:
+                S_next = cur.S_out
+                if checkpoint is not None and it < max_iter:
+                    A_it, B_it = cur.factors(after=True)
+                    S_next = checkpoint(it, S_next, A_it, B_it, hist) or S_next
+                nxt = submit(S_next, cur.state_out, it < max_iter)
+            if it < max_iter:
+                nxt.S_in = None  # pass it+1 is no evaluation: S_it is freed as its tasks consume it
+            cur = nxt
         bar.close()
-        S_out, st = run(False, keep_S)
-        record(st, A)
+        # cur evaluates the state after the last iteration: its inputs are the fit's result
+        st = cur.stats()
+        record(st)
+        A, B = cur.factors()
+        S_out = cur.S_in
     return MUResult(S_out if keep_S else None, A, B, hist, n_iter, stop_reason, st)
 
 

@@ -18,7 +18,9 @@ Sections (each prints seconds *and* ratios measured in this run):
 * ``cluster`` - ours on LocalClusters of 1 worker x 1 thread, 1 x 2 and 2 workers x 1 thread
   (with the library's worker malloc settings), from the corpus store (``persist="auto"``: loaded
   into the workers when it takes at most a quarter of their memory); ratio to floor (a) and the
-  throughput of 2 worker processes against 1;
+  throughput of 2 worker processes against 1; and CPU seconds per iteration of the driver (with
+  the LocalCluster's scheduler, which runs in this process) and of the workers, against floor
+  (a)'s CPU seconds (CPU time moves far less with the machine's load than wall time);
 * ``dense`` - a dense nonnegative low-rank + noise matrix: ours vs floor (b), the two skinny
   GEMMs ``X @ A`` and ``X.T @ S`` of one iteration, and vs scikit-learn;
 * ``scaling`` - ours (threads) and floor (a) at nnz/4, nnz/2 and nnz; least-squares slope of
@@ -189,6 +191,20 @@ def _kernel_loop(X, k, iters, chunk_rows, seed):
     return float(np.median(ts)), len(blocks)
 
 
+def floor_kernels_cpu(X, k, iters, chunk_rows, seed):
+    """CPU seconds (this process) per iteration of :func:`_kernel_loop` with one BLAS thread: floor (a)
+    as CPU time, which the machine's load changes far less than wall time."""
+    from threadpoolctl import threadpool_limits
+
+    cpu = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for n in (1, iters):
+            c0 = time.process_time()
+            _kernel_loop(X, k, n, chunk_rows, seed)
+            cpu.append(time.process_time() - c0)
+    return (cpu[1] - cpu[0]) / max(iters - 1, 1)
+
+
 def floor_products(X, k, seed):
     """The two products of one MU iteration, X @ A and X.T @ S (floor (b) for dense X)."""
     rng = np.random.default_rng(seed)
@@ -240,7 +256,8 @@ def section_matrix(label, X, args, skip, store=None):
     print(f"\n== {label}: {X.shape[0]} x {X.shape[1]}, nnz {nnz:,}, {X.dtype}, k={k}, {iters} iterations ==")
     fa, nb, how = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
     res["floor_a"] = fa
-    row(f"floor (a) kernels, plain loop ({nb} blocks)", fa, nnz, extra=how)
+    res["floor_a_cpu"] = floor_kernels_cpu(X, k, min(iters, 5), args.chunk_rows, seed)
+    row(f"floor (a) kernels, plain loop ({nb} blocks)", fa, nnz, extra=f"{how}; CPU {res['floor_a_cpu']:.4f} s/it")
     if sp.issparse(X):
         from dnmf_dask.kernels import fused
 
@@ -274,7 +291,31 @@ def section_matrix(label, X, args, skip, store=None):
     return res
 
 
-def section_cluster(store, nnz, args, floor_a=None):
+def _cpu_seconds(pids):
+    import psutil
+
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+
+
+def fit_ours_cpu(store, client, args):
+    """CPU seconds per iteration of a fit on ``client``: (driver + scheduler, workers).
+
+    The difference of a fit of ``--iters`` iterations and one of 2, over ``iters - 2``; the
+    LocalCluster's scheduler runs in this process, so "driver" includes it.
+    """
+    from dnmf_dask import open_corpus
+
+    pids = list(client.run(os.getpid).values())
+    cost = []
+    for iters in (2, args.iters):
+        d0, w0 = time.process_time(), _cpu_seconds(pids)
+        fit_ours(open_corpus(store), args.k, iters, client, None, args.seed)
+        cost.append((time.process_time() - d0, _cpu_seconds(pids) - w0))
+    n = max(args.iters - 2, 1)
+    return (cost[1][0] - cost[0][0]) / n, (cost[1][1] - cost[0][1]) / n
+
+
+def section_cluster(store, nnz, args, floor_a=None, floor_a_cpu=None):
     from distributed import Client, LocalCluster
 
     from dnmf_dask import open_corpus
@@ -287,10 +328,14 @@ def section_cluster(store, nnz, args, floor_a=None):
         with worker_malloc_config(), LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True,
                                                   dashboard_address=None, host="127.0.0.1") as cl, Client(cl) as client:
             per_it, total, rel = fit_ours(open_corpus(store), args.k, args.iters, client, None, args.seed)
+            cpu_d, cpu_w = fit_ours_cpu(store, client, args)
         out[(n_workers, threads)] = per_it
+        cpu = f"CPU/it driver+scheduler {cpu_d:.4f} s, workers {cpu_w:.4f} s"
+        if floor_a_cpu:
+            cpu += f" ({cpu_w / floor_a_cpu:.2f}x floor (a) CPU)"
         row(f"ours NMF, {n_workers} worker(s) x {threads} thread(s)", per_it, nnz, floor_a,
             extra=f"{per_it * n_workers * threads / nnz * 1e9:6.2f} ns/nz per core  fit {total:.2f} s, rel.err {rel:.4f}"
-                  f"  load {os.getloadavg()[0]:.1f}")
+                  f"  load {os.getloadavg()[0]:.1f}; {cpu}")
     print(f"  2 workers x 1 thread vs 1 worker x 1 thread: {out[(1, 1)] / out[(2, 1)]:.2f}x the throughput; "
           f"vs 1 worker x 2 threads: {out[(1, 2)] / out[(2, 1)]:.2f}x")
     return out
@@ -341,7 +386,7 @@ def main(argv=None):
             if "sparse" not in skip:
                 res = section_matrix("sparse", X, args, skip, store)
             if "cluster" not in skip:
-                section_cluster(store, X.nnz, args, res.get("floor_a"))
+                section_cluster(store, X.nnz, args, res.get("floor_a"), res.get("floor_a_cpu"))
             del X
         if "dense" not in skip:
             n, f = (int(v) for v in args.dense_shape.lower().split("x"))
