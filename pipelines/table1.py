@@ -35,7 +35,7 @@ PAPER = {  # (rel. error, accuracy) from Table 1 of the paper: hier. NMF, Deep N
 RANKS = {1: (9,), 2: (9, 4), 3: (9, 4, 2)}
 
 
-def _models(ranks, seed, epochs, label_loss="cross-entropy", methods=None, lam=1.0, classifier_iter=50):
+def _models(ranks, seed, epochs, label_loss="cross-entropy", methods=None, lam=1.0, classifier_iter=50, n_init=1):
     out = {"hier. NMF": dd.HierarchicalNMF(ranks, max_iter=500, tol=1e-6, random_state=seed, scheduler="synchronous")}
     try:
         from dnmf_dask.models.deep import DeepNMF
@@ -45,7 +45,8 @@ def _models(ranks, seed, epochs, label_loss="cross-entropy", methods=None, lam=1
     except ImportError:  # pragma: no cover
         pass
     out["Neural NMF"] = dd.NeuralNMF(ranks, epochs=epochs, tol=1e-7, label_loss=label_loss, lam=lam,
-                                     classifier_iter=classifier_iter, random_state=seed, scheduler="synchronous")
+                                     classifier_iter=classifier_iter, n_init=n_init, random_state=seed,
+                                     scheduler="synchronous")
     return {k: v for k, v in out.items() if methods is None or k in methods}
 
 
@@ -71,7 +72,7 @@ NEURAL_CLASSIFIER_ITER = {1: 20, 2: 20, 3: 50}
 
 
 def run(seeds, epochs, out, label_loss="cross-entropy", methods=None, settings=None, neural_lam=NEURAL_LAM,
-        layers=(1, 2, 3), neural_classifier_iter=None):
+        layers=(1, 2, 3), neural_classifier_iter=None, neural_n_init=1):
     """Fit every method on every (setting, depth, seed); ``neural_lam`` is Neural NMF's λ (the
     other methods keep λ = 1)."""
     warnings.simplefilter("ignore")
@@ -88,7 +89,7 @@ def run(seeds, epochs, out, label_loss="cross-entropy", methods=None, settings=N
                 else:
                     yfit = y
                 ci = (neural_classifier_iter or NEURAL_CLASSIFIER_ITER)[L]
-                for name, m in _models(RANKS[L], seed, epochs, label_loss, methods, neural_lam, ci).items():
+                for name, m in _models(RANKS[L], seed, epochs, label_loss, methods, neural_lam, ci, neural_n_init).items():
                     t = time.time()
                     m.fit(X, yfit)
                     acc = float(np.mean(m.predict(X) == y)) if yfit is not None else None
@@ -137,9 +138,10 @@ def main(argv=None):
     p.add_argument("--layers", nargs="+", type=int, choices=[1, 2, 3], default=[1, 2, 3])
     p.add_argument("--neural-classifier-iter", nargs=3, type=int, default=None, metavar=("L1", "L2", "L3"),
                    help="Neural NMF classifier_iter for 1, 2, 3 layers (default %s)" % list(NEURAL_CLASSIFIER_ITER.values()))
+    p.add_argument("--neural-n-init", type=int, default=1, help="Neural NMF starts (n_init; default 1)")
     a = p.parse_args(argv)
     ci = dict(zip((1, 2, 3), a.neural_classifier_iter)) if a.neural_classifier_iter else None
-    run(a.seeds, a.epochs, Path(a.out), a.label_loss, a.methods, a.settings, a.neural_lam, tuple(a.layers), ci)
+    run(a.seeds, a.epochs, Path(a.out), a.label_loss, a.methods, a.settings, a.neural_lam, tuple(a.layers), ci, a.neural_n_init)
 
 
 if __name__ == "__main__":
