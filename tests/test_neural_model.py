@@ -132,6 +132,11 @@ def test_n_init_keeps_the_start_of_lowest_training_cost(toy, monkeypatch, tmp_pa
     assert len(calls) == 1 and len(m.start_costs_) == 3
     assert m.best_start_ == int(np.argmin(m.start_costs_)) and m.history_["cost"][-1] == min(m.start_costs_)
     assert len(set(m.start_costs_)) == 3  # the starts differ
+    from dnmf_dask.store.model import load_model, save_model
+
+    save_model(m, tmp_path / "m.zarr")
+    back = load_model(tmp_path / "m.zarr")
+    assert back.n_init == 3 and back.start_costs_ == m.start_costs_ and back.best_start_ == m.best_start_
     one = dd.NeuralNMF((6, 3), **kw).fit(X, ym)
     assert one.start_costs_ == [one.history_["cost"][-1]] and one.best_start_ == 0
     assert m.start_costs_[0] == pytest.approx(one.history_["cost"][-1], rel=1e-12)
