@@ -70,9 +70,14 @@ NEURAL_LAM = 300.0
 #: on seeds 0–4, semi-supervised). BENCHMARKS.md, "Neural NMF, Table 1: the classifier refit".
 NEURAL_CLASSIFIER_ITER = {1: 20, 2: 20, 3: 50}
 
+#: Neural NMF starts (``n_init``) per depth. The 3-layer fits land in different basins from
+#: nearby starts and a lower training cost goes with fewer errors: 4 starts (4× the fitting
+#: time) gave 0.911 / error 0.502 against 0.893 / 0.521 for one on semi-supervised seeds 0–4.
+NEURAL_N_INIT = {1: 1, 2: 1, 3: 4}
+
 
 def run(seeds, epochs, out, label_loss="cross-entropy", methods=None, settings=None, neural_lam=NEURAL_LAM,
-        layers=(1, 2, 3), neural_classifier_iter=None, neural_n_init=1):
+        layers=(1, 2, 3), neural_classifier_iter=None, neural_n_init=None):
     """Fit every method on every (setting, depth, seed); ``neural_lam`` is Neural NMF's λ (the
     other methods keep λ = 1)."""
     warnings.simplefilter("ignore")
@@ -89,7 +94,8 @@ def run(seeds, epochs, out, label_loss="cross-entropy", methods=None, settings=N
                 else:
                     yfit = y
                 ci = (neural_classifier_iter or NEURAL_CLASSIFIER_ITER)[L]
-                for name, m in _models(RANKS[L], seed, epochs, label_loss, methods, neural_lam, ci, neural_n_init).items():
+                n_init = (neural_n_init or NEURAL_N_INIT)[L]
+                for name, m in _models(RANKS[L], seed, epochs, label_loss, methods, neural_lam, ci, n_init).items():
                     t = time.time()
                     m.fit(X, yfit)
                     acc = float(np.mean(m.predict(X) == y)) if yfit is not None else None
@@ -138,10 +144,12 @@ def main(argv=None):
     p.add_argument("--layers", nargs="+", type=int, choices=[1, 2, 3], default=[1, 2, 3])
     p.add_argument("--neural-classifier-iter", nargs=3, type=int, default=None, metavar=("L1", "L2", "L3"),
                    help="Neural NMF classifier_iter for 1, 2, 3 layers (default %s)" % list(NEURAL_CLASSIFIER_ITER.values()))
-    p.add_argument("--neural-n-init", type=int, default=1, help="Neural NMF starts (n_init; default 1)")
+    p.add_argument("--neural-n-init", nargs=3, type=int, default=None, metavar=("L1", "L2", "L3"),
+                   help="Neural NMF starts (n_init) for 1, 2, 3 layers (default %s)" % list(NEURAL_N_INIT.values()))
     a = p.parse_args(argv)
     ci = dict(zip((1, 2, 3), a.neural_classifier_iter)) if a.neural_classifier_iter else None
-    run(a.seeds, a.epochs, Path(a.out), a.label_loss, a.methods, a.settings, a.neural_lam, tuple(a.layers), ci, a.neural_n_init)
+    n_init = dict(zip((1, 2, 3), a.neural_n_init)) if a.neural_n_init else None
+    run(a.seeds, a.epochs, Path(a.out), a.label_loss, a.methods, a.settings, a.neural_lam, tuple(a.layers), ci, n_init)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,18 @@ def test_classifier_iter_per_depth_reaches_the_estimator(table1, tmp_path, monke
     real = table1.dd.NeuralNMF
 
     def spy(ranks, **kw):
-        seen.append((len(ranks), kw["classifier_iter"], kw["lam"]))
+        seen.append((len(ranks), kw["classifier_iter"], kw["lam"], kw["n_init"]))
         return real(ranks, **kw)
 
     monkeypatch.setattr(table1.dd, "NeuralNMF", spy)
     table1.main(["--seeds", "1", "--epochs", "2", "--methods", "Neural NMF", "--settings", "supervised",
                  "--layers", "1", "--neural-classifier-iter", "3", "4", "5", "--neural-lam", "7",
+                 "--neural-n-init", "2", "1", "1",
                  "--out", str(tmp_path)])
-    assert seen == [(1, 3, 7.0)]
+    assert seen == [(1, 3, 7.0, 2)]
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [(r["layers"], r["method"]) for r in rows] == [(1, "Neural NMF")]
     seen.clear()
     table1.main(["--seeds", "1", "--epochs", "2", "--methods", "Neural NMF", "--settings", "supervised",
                  "--layers", "2", "--out", str(tmp_path)])  # the pipeline's defaults
-    assert seen == [(2, table1.NEURAL_CLASSIFIER_ITER[2], table1.NEURAL_LAM)]
+    assert seen == [(2, table1.NEURAL_CLASSIFIER_ITER[2], table1.NEURAL_LAM, table1.NEURAL_N_INIT[2])]
