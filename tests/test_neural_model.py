@@ -111,3 +111,57 @@ def test_i_divergence_label_loss(toy):
     assert m.history_["loss_Y"][-1] == pytest.approx(ex["label_loss"], rel=1e-9)
     with pytest.raises(DNMFValueError, match="label_loss"):
         dd.NeuralNMF((3,), label_loss="idivergence", scheduler="threads").fit(X, y)
+
+
+def test_n_init_keeps_the_start_of_lowest_training_cost(toy, monkeypatch, tmp_path):
+    """n_init starts: start 0 is the plain fit, start r the initial factors times exp(0.1 z) with
+    z from the seed's stream (checked on the first recorded cost against the kernel at the
+    jittered factors), and the fit kept is the start of lowest final cost; the hierarchical init
+    is fitted once."""
+    from dnmf_dask.models import neural
+
+    X, y = toy
+    ym = y.copy()
+    ym[np.random.default_rng(2).random(len(y)) > 0.4] = -1
+    kw = dict(epochs=4, tol=0, random_state=5, init_max_iter=20, label_loss="cross-entropy", lam=30.0,
+              scheduler="synchronous")
+    calls = []
+    real_fit = neural.HierarchicalNMF.fit
+    monkeypatch.setattr(neural.HierarchicalNMF, "fit", lambda self, *a, **k: calls.append(1) or real_fit(self, *a, **k))
+    m = dd.NeuralNMF((6, 3), n_init=3, **kw).fit(X, ym)
+    assert len(calls) == 1 and len(m.start_costs_) == 3
+    assert m.best_start_ == int(np.argmin(m.start_costs_)) and m.history_["cost"][-1] == min(m.start_costs_)
+    assert len(set(m.start_costs_)) == 3  # the starts differ
+    from dnmf_dask.store.model import load_model, save_model
+
+    save_model(m, tmp_path / "m.zarr")
+    back = load_model(tmp_path / "m.zarr")
+    assert back.n_init == 3 and back.start_costs_ == m.start_costs_ and back.best_start_ == m.best_start_
+    one = dd.NeuralNMF((6, 3), **kw).fit(X, ym)
+    assert one.start_costs_ == [one.history_["cost"][-1]] and one.best_start_ == 0
+    assert m.start_costs_[0] == pytest.approx(one.history_["cost"][-1], rel=1e-12)
+    # the kept factors are those of the best start, refitted alone
+    ref = dd.NeuralNMF((6, 3), **kw)
+    ref._fit_start(X, ym, start=m.best_start_)
+    for Fa, Fb in zip(m.A_ + [m.B_], ref.A_ + [ref.B_]):
+        np.testing.assert_allclose(Fa, Fb, rtol=1e-12)
+    # the jitter, unsupervised (no B refit before the first record) from a random init
+    u = dict(epochs=1, tol=0, random_state=7, init="random", scheduler="synchronous")
+    base = dd.NeuralNMF((6, 3), **u, n_init=1).fit(X)
+    rj = np.random.default_rng([7, 77, 1])
+    r1 = dd.NeuralNMF((6, 3), **u)
+    r1._fit_start(X, start=1)
+    # start 0 begins at the random init's factors (an independent draw here), start 1 at those
+    # factors jittered: their first recorded costs are the kernel's at these points
+    from dnmf_dask.kernels.init import random_matrix
+
+    scale = np.sqrt(X.mean() / 6)
+    init = [random_matrix(7, (X.shape[1], 6), scale, np.float64, stream=2),
+            random_matrix(7, (6, 3), 1.0 / np.sqrt(6), np.float64, stream=11)]
+    jit = [A * np.exp(0.1 * rj.standard_normal(A.shape)) for A in init]
+    assert r1.history_["cost"][0] == pytest.approx(chunk_cost_grad(X, jit, None, None, 0.0)[0], rel=1e-10)
+    assert base.history_["cost"][0] == pytest.approx(chunk_cost_grad(X, init, None, None, 0.0)[0], rel=1e-10)
+    with pytest.raises(DNMFValueError, match="n_init"):
+        dd.NeuralNMF((3,), n_init=0, scheduler="synchronous").fit(X)
+    with pytest.raises(DNMFValueError, match="checkpoint"):
+        dd.NeuralNMF((3,), n_init=2, scheduler="synchronous").fit(X, checkpoint=tmp_path / "ck")

@@ -35,6 +35,8 @@ STATE_ATTRS = (
 )
 #: per-layer fit records of the multilayer models (kept for reports: loss curves, errors per layer)
 STATE_ATTRS += ("layer_history_", "layer_rel_error_", "layer_stop_reason_")
+#: NeuralNMF(n_init > 1): the final training cost of every start and the start kept
+STATE_ATTRS += ("start_costs_", "best_start_")
 
 
 def _jsonable(v):
