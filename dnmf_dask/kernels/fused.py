@@ -420,6 +420,30 @@ if AVAILABLE:
             failed[i] = not _solve_passive_row(G, H, u, C[i], P[i], X[i], M, b, nb, rhs, z, y, False)
 
 
+if AVAILABLE:
+    @_jit
+    def _spectrum_inverse_kernel(G):
+        w = np.linalg.eigvalsh(G)
+        return w[0], w[-1], np.linalg.solve(G, np.eye(G.shape[0]))
+
+
+def spectrum_inverse(G):
+    """(smallest eigenvalue, largest eigenvalue, G⁻¹) of a symmetric float64 (k, k) G, k ≥ 1,
+    in one compiled call (LAPACK's syevd and gesv, as numpy's eigvalsh and solve(G, I)).
+    The inverse is only meaningful when G is not singular (the caller decides from the
+    spectrum); it is None if LAPACK reports G exactly singular."""
+    try:
+        w0, wmax, H = _spectrum_inverse_kernel(np.ascontiguousarray(G, dtype=np.float64))
+    except np.linalg.LinAlgError:
+        return _spectrum_only(G)
+    return float(w0), float(wmax), H
+
+
+def _spectrum_only(G):
+    w = np.linalg.eigvalsh(G)
+    return float(w[0]), float(w[-1]), None
+
+
 def _row_inputs(G, H, C, U=None):
     """Contiguous float64 (G, H, C, U) for the row kernels: H = G⁻¹ or an empty (0, 0) array,
     U = C H (H symmetric: the rows are the unconstrained solutions H c; computed unless given),
