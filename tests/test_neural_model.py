@@ -111,3 +111,20 @@ def test_i_divergence_label_loss(toy):
     assert m.history_["loss_Y"][-1] == pytest.approx(ex["label_loss"], rel=1e-9)
     with pytest.raises(DNMFValueError, match="label_loss"):
         dd.NeuralNMF((3,), label_loss="idivergence", scheduler="threads").fit(X, y)
+
+
+def test_single_block_fit_same_without_numba(toy, monkeypatch):
+    """The single-block fast path on the numpy fallback (no numba: eigvalsh/solve, batched BPP,
+    numpy passive solves) gives the compiled path's fit."""
+    from dnmf_dask.kernels import fused
+
+    if not fused.AVAILABLE:
+        pytest.skip("numba not available")
+    X, _ = toy
+    kw = dict(epochs=5, tol=0, random_state=3, init="random", scheduler="synchronous")
+    compiled = dd.NeuralNMF((6, 3), **kw).fit(X)
+    monkeypatch.setattr(fused, "AVAILABLE", False)
+    plain = dd.NeuralNMF((6, 3), **kw).fit(X)
+    np.testing.assert_allclose(plain.history_["cost"], compiled.history_["cost"], rtol=1e-10)
+    for Fa, Fb in zip(plain.A_, compiled.A_):
+        assert np.linalg.norm(Fa - Fb) <= 1e-9 * np.linalg.norm(Fb)
