@@ -281,13 +281,12 @@ if AVAILABLE:
         k = G.shape[0]
         m = 0
         q = 0
-        for a in range(k):
-            if P[a]:
-                b[m] = a
-                m += 1
-            else:
-                nb[q] = a
-                q += 1
+        for a in range(k):  # F and N as index lists, without a branch per entry (unpredictable)
+            pa = P[a]
+            b[m] = a
+            nb[q] = a
+            m += pa
+            q += 1 - pa
         if H.shape[0] == k and q < m:
             for r in range(q):
                 rhs[r] = u[nb[r]]
@@ -333,7 +332,7 @@ if AVAILABLE:
             gscale = max(gscale, abs(G[a, a]))
         has_H = H.shape[0] == k
         has_P0 = P0.shape[0] == n
-        y = np.empty(k)
+        y = np.zeros(k)  # read (and discarded) on F too by the selects below: keep it finite
         M = np.empty((k, k))
         b = np.empty(k, dtype=np.int64)
         nb = np.empty(k, dtype=np.int64)
@@ -351,10 +350,10 @@ if AVAILABLE:
                 cscale = max(cscale, abs(c[a]))
             ok = True
             u = U[i] if has_H else c  # the unconstrained solution H c (unused without H)
+            solve = has_P0  # (one call site of the inlined solve: a smaller loop body)
             if has_P0:
                 for a in range(k):
                     F[a] = P0[i, a]
-                ok = _solve_passive_row(G, H, u, c, F, x, M, b, nb, rhs, z, y, True)
             elif has_H:  # everything passive: the unconstrained solution
                 for a in range(k):
                     F[a] = True
@@ -367,18 +366,27 @@ if AVAILABLE:
             ninf = k + 1
             pcount = p_bar
             it = 0
-            while ok:
+            while True:
+                if solve:
+                    ok = _solve_passive_row(G, H, u, c, F, x, M, b, nb, rhs, z, y, True)
+                    if not ok:
+                        break
+                solve = True
                 xmax = 0.0
                 for a in range(k):
                     xmax = max(xmax, x[a])
                 thr = -tol * max(cscale + gscale * xmax, tiny)
                 nv = 0
                 last = -1
-                for a in range(k):
-                    w = x[a] * gscale if F[a] else y[a]
-                    V[a] = w < thr
-                    if V[a]:
-                        nv += 1
+                for a in range(k):  # selects, not branches: F is unpredictable
+                    w = y[a]
+                    wx = x[a] * gscale
+                    if F[a]:
+                        w = wx
+                    va = w < thr
+                    V[a] = va
+                    nv += va
+                    if va:
                         last = a
                 if nv == 0:
                     break
@@ -396,9 +404,7 @@ if AVAILABLE:
                     for a in range(k):
                         V[a] = a == last
                 for a in range(k):
-                    if V[a]:
-                        F[a] = not F[a]
-                ok = _solve_passive_row(G, H, u, c, F, x, M, b, nb, rhs, z, y, True)
+                    F[a] = F[a] != V[a]
             n_iter_max = max(n_iter_max, it)
             unfinished[i] = not ok
         return n_iter_max, n_backup
