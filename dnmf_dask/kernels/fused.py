@@ -238,34 +238,36 @@ def kl_step(X, S, A, *, cX=1.0, num_add=None, den_add=None, update_S=True, with_
 if AVAILABLE:
     @_jit_inline
     def _chol_solve_sub(Q, idx, m, rhs, M, out):
-        """out[r] = (Q[idx, idx]⁻¹ rhs)[r] for r < m, by Cholesky; False if not numerically SPD.
+        """out[r] = (Q[idx, idx]⁻¹ rhs)[r] for r < m, by an LDLᵀ factorisation; False if not
+        numerically SPD (a pivot d_r ≤ 0).
 
-        Row by row (Cholesky-Banachiewicz, the entries of Q gathered as they are needed) with
-        the forward substitution fused in, and M's diagonal holding 1 / L_rr: the solve is a
-        chain of dependent operations, so each square root and division saved is latency saved.
+        Row by row (the entries of Q gathered as they are needed), the forward substitution
+        fused in, no square roots, and M's diagonal holding 1 / d_r: the solve is a chain of
+        dependent operations, so each square root and division saved is latency saved. M holds
+        the unit lower factor L below its diagonal and W = L D above it (``M[s, r] = L[r, s] d_s``).
         """
-        for r in range(m):  # M = L Lᵀ, L strictly below the diagonal, 1 / L_rr on it
+        for r in range(m):
             ir = idx[r]
             for s in range(r):
                 v = Q[ir, idx[s]]
                 for t in range(s):
-                    v -= M[r, t] * M[s, t]
-                M[r, s] = v * M[s, s]
+                    v -= M[t, r] * M[s, t]
+                M[s, r] = v            # W[r, s] = L[r, s] d_s
+                M[r, s] = v * M[s, s]  # L[r, s]
             d = Q[ir, ir]
-            v = rhs[r]
+            w = rhs[r]
             for s in range(r):
-                d -= M[r, s] * M[r, s]
-                v -= M[r, s] * out[s]
+                d -= M[s, r] * M[r, s]
+                w -= M[r, s] * out[s]
             if not d > 0.0:
                 return False
-            inv = 1.0 / np.sqrt(d)
-            M[r, r] = inv
-            out[r] = v * inv  # L z = rhs
-        for r in range(m - 1, -1, -1):  # Lᵀ out = z
-            v = out[r]
+            M[r, r] = 1.0 / d
+            out[r] = w  # L w = rhs
+        for r in range(m - 1, -1, -1):  # Lᵀ out = D⁻¹ w
+            v = out[r] * M[r, r]
             for s in range(r + 1, m):
                 v -= M[s, r] * out[s]
-            out[r] = v * M[r, r]
+            out[r] = v
         return True
 
     @_jit_inline
@@ -469,7 +471,7 @@ def passive_rows(G, H, C, P, U=None):
     """``X[i, F_i] = G_{F_i F_i}⁻¹ C[i, F_i]`` (zeros off the passive set F_i = P[i]) row by row.
 
     The linear solves of :meth:`dnmf_dask.kernels.nnls._PassiveSolver.solve` (the gradient
-    through q of Neural NMF solves one per sample and layer) in compiled code, by Cholesky of
+    through q of Neural NMF solves one per sample and layer) in compiled code, by an LDLᵀ factorisation of
     G_FF or, given ``H = G⁻¹`` and fewer zeros than passive entries, of H_NN on the zero set.
     For non-singular G only.
 
@@ -497,7 +499,7 @@ def bpp_rows(G, H, C, P0, max_iter, tol, p_bar):
     Same initial partition (``P0``; else all passive with the unconstrained solution ``H c``
     when ``H = G⁻¹`` is given; else all active), KKT test, full exchange with ``p_bar`` tries and
     backup rule, but each row is iterated to the end by itself in compiled code (no numpy
-    overhead per pivoting round), with G_FF solved by Cholesky (or, given H and with fewer zeros
+    overhead per pivoting round), with G_FF solved by an LDLᵀ factorisation (or, given H and with fewer zeros
     than passive entries, H_NN on the zero set, as the numpy path). For non-singular G only.
 
     Parameters

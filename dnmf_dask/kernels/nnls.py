@@ -342,7 +342,7 @@ class _PassiveSolver:
         if U is None and self.H is not None:
             U = C @ self.H
         if fused.AVAILABLE and not self.singular:
-            # one compiled Cholesky per row instead of numpy's grouping and stacking (whose
+            # one compiled LDLᵀ solve per row instead of numpy's grouping and stacking (whose
             # per-call overhead dominated small problems, e.g. Neural NMF on Table 1's 90 × 87)
             X, bad = fused.passive_rows(self.G, self.H, C, P, U)
             if bad.size:  # pragma: no cover - a numerically non-SPD G_FF of a non-singular G
