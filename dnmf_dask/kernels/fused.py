@@ -407,6 +407,8 @@ if AVAILABLE:
                         V[a] = a == last
                 for a in range(k):
                     F[a] = F[a] != V[a]
+            for a in range(k):  # exact nonnegativity (x is exactly 0 off F; the KKT test allows
+                x[a] = max(x[a], 0.0)  # passive entries negative within the tolerance)
             n_iter_max = max(n_iter_max, it)
             unfinished[i] = not ok
         return n_iter_max, n_backup
@@ -508,13 +510,14 @@ def bpp_rows(G, H, C, P0, max_iter, tol, p_bar):
 
     Returns
     -------
-    X : float64 (n, k), P : bool (n, k) (final passive sets), n_iter (max over rows),
+    X : float64 (n, k), ≥ 0 and 0 off P on the finished rows (undefined on unfinished ones),
+    P : bool (n, k) (final passive sets), n_iter (max over rows),
     n_backup (row-iterations that used the backup rule), unfinished : int64 indices of rows that
     hit ``max_iter`` or met a non-SPD G_FF (to be finished by another solver)
     """
     n, k = C.shape
-    X = np.zeros((n, k))
-    P = np.zeros((n, k), dtype=bool)
+    X = np.empty((n, k))  # every row is written in full (or reported unfinished)
+    P = np.empty((n, k), dtype=bool)
     unf = np.zeros(n, dtype=bool)
     G, H, C, U = _row_inputs(G, H, C)
     P0 = np.zeros((0, k), dtype=bool) if P0 is None else np.ascontiguousarray(P0, dtype=bool)

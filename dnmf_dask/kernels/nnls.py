@@ -655,7 +655,8 @@ def _nnls_core(solver, C64, P0, max_iter, tol):
     (:func:`dnmf_dask.kernels.fused.bpp_rows`, the same rules); otherwise batched in numpy.
     """
     fused = _fused()
-    if fused.AVAILABLE and not solver.singular and solver.k > 0:
+    compiled = fused.AVAILABLE and not solver.singular and solver.k > 0
+    if compiled:
         X, P, n_iter, n_backup, unfinished = fused.bpp_rows(solver.G, solver.H, C64, P0, max_iter, tol, _P_BAR)
     else:
         X, P, n_iter, n_backup, unfinished = _bpp(solver, C64, P0, max_iter, tol)
@@ -666,12 +667,13 @@ def _nnls_core(solver, C64, P0, max_iter, tol):
         "singular": solver.singular,
     }
     if unfinished.size:
-        X[unfinished] = solver.solve_rows_scipy(C64[unfinished])
+        X[unfinished] = solver.solve_rows_scipy(C64[unfinished])  # (scipy's solutions are >= 0)
         P[unfinished] = X[unfinished] > 0
-    # exact nonnegativity: entries off the passive set are 0 by construction; passive entries
-    # that are negative within the tolerance are clamped.
-    np.multiply(X, P, out=X)
-    np.maximum(X, 0.0, out=X)
+    if not compiled:  # (the compiled kernel does this per row)
+        # exact nonnegativity: entries off the passive set are 0 by construction; passive
+        # entries that are negative within the tolerance are clamped.
+        np.multiply(X, P, out=X)
+        np.maximum(X, 0.0, out=X)
     return X, info
 
 
