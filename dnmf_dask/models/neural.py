@@ -14,6 +14,7 @@ import contextlib
 
 import dask
 import numpy as np
+import scipy.sparse as sp
 
 from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
@@ -58,19 +59,19 @@ def _block_stats(res, y):
     return st
 
 
-def _direct_block(per_block, info, task_kw):
-    """A :class:`~dnmf_dask.kernels.neural.BlockPass` of the only block when the data is one
-    in-memory (numpy / scipy) block, else None.
+def _in_memory_block(blocks, info):
+    """The only block of X when the data is one in-memory (numpy / scipy) block, else None.
 
-    The block is fetched once (it is already in memory) and checked once; the caller then
-    calls the kernel directly on it every pass instead of mapping it through a dask graph.
+    The caller then summarises it and calls the kernel directly on it every pass (a
+    :class:`~dnmf_dask.kernels.neural.BlockPass`) instead of mapping it through a dask graph.
     """
-    if len(per_block) != 1 or info.get("kind") not in ("numpy", "sparse"):
+    if blocks.n_blocks != 1 or info.get("kind") not in ("numpy", "sparse"):
         return None
-    Xb, yb = per_block[0]
-    if hasattr(Xb, "dask"):  # a persisted Delayed / dask array: fetch the block once
-        Xb = dask.compute(Xb, scheduler="synchronous")[0]
-    return BlockPass(Xb, yb, **task_kw, layer_energies=False)  # the fit does not report them
+    Xb = blocks.X[0]
+    if hasattr(Xb, "dask"):  # persisted: the graph holds the block itself (else compute it once)
+        Xv = Xb.__dask_graph__().get(Xb.key) if hasattr(Xb, "key") else None
+        Xb = Xv if isinstance(Xv, np.ndarray) or sp.issparse(Xv) else dask.compute(Xb, scheduler="synchronous")[0]
+    return Xb
 
 
 class NeuralNMF(HierarchicalNMF):
@@ -199,7 +200,8 @@ class NeuralNMF(HierarchicalNMF):
         with scheduler_context(self.scheduler), contextlib.ExitStack() as held:
             chunk_rows = self.chunk_rows if self.chunk_rows is not None else self.batch_size
             blocks, y, info = self._prepare(X, y, groups, None, chunk_rows=chunk_rows)
-            summary = data_summary(blocks)
+            X_mem = _in_memory_block(blocks, info)
+            summary = data_summary(blocks, block=X_mem)
             self._check_summary(summary)
             seed = seed_from(self.random_state)
             codes, n_classes = self._encode_labels(y)
@@ -257,7 +259,9 @@ class NeuralNMF(HierarchicalNMF):
             # building a dask graph each (the graph would cost more than the arithmetic); the
             # kernel and its arguments are those of the dask task, and its NNLS start from the
             # supports of the previous pass (the same solutions, 1e-10 in the tests, fewer pivots)
-            direct = _direct_block(per_block, info, task_kw)
+            direct = None
+            if X_mem is not None:  # (the fit does not report the layer energies)
+                direct = BlockPass(X_mem, y_parts[0], **task_kw, layer_energies=False)
             # BLAS on one thread, as in the dask tasks; held for the whole fit on the direct path
             # (entering threadpoolctl's limit costs ~0.1-0.4 ms, as much as a pass on Table 1)
             blas_limit = one_blas_thread if direct is None else contextlib.nullcontext
