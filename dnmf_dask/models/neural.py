@@ -68,9 +68,13 @@ def _in_memory_block(blocks, info):
     if blocks.n_blocks != 1 or info.get("kind") not in ("numpy", "sparse"):
         return None
     Xb = blocks.X[0]
-    if hasattr(Xb, "dask"):  # persisted: the graph holds the block itself (else compute it once)
+    if hasattr(Xb, "dask"):  # persisted in this process: the graph holds the block itself
         Xv = Xb.__dask_graph__().get(Xb.key) if hasattr(Xb, "key") else None
-        Xb = Xv if isinstance(Xv, np.ndarray) or sp.issparse(Xv) else dask.compute(Xb, scheduler="synchronous")[0]
+        if isinstance(Xv, np.ndarray) or sp.issparse(Xv):
+            return Xv
+        # else, e.g. persisted on a distributed cluster (a future): fetched through the current
+        # scheduler, once (the synchronous scheduler cannot resolve a future)
+        Xb = dask.compute(Xb)[0]
     return Xb
 
 
