@@ -237,7 +237,7 @@ def kl_step(X, S, A, *, cX=1.0, num_add=None, den_add=None, update_S=True, with_
 # -- batched NNLS: block principal pivoting one row at a time ---------------------------------
 if AVAILABLE:
     @_jit_inline
-    def _chol_solve_sub(Q, idx, m, rhs, M, out):
+    def _ldl_solve_sub(Q, idx, m, rhs, M, out):
         """out[r] = (Q[idx, idx]⁻¹ rhs)[r] for r < m, by an LDLᵀ factorisation; False if not
         numerically SPD (a pivot d_r ≤ 0).
 
@@ -292,7 +292,7 @@ if AVAILABLE:
         if H.shape[0] == k and q < m:
             for r in range(q):
                 rhs[r] = u[nb[r]]
-            if not _chol_solve_sub(H, nb, q, rhs, M, z):
+            if not _ldl_solve_sub(H, nb, q, rhs, M, z):
                 return False
             # x = u − Σ_s z_s H[N_s] (H symmetric: rows instead of columns, contiguous)
             for a in range(k):
@@ -309,7 +309,7 @@ if AVAILABLE:
             return True
         for r in range(m):
             rhs[r] = c[b[r]]
-        if not _chol_solve_sub(G, b, m, rhs, M, z):
+        if not _ldl_solve_sub(G, b, m, rhs, M, z):
             return False
         for a in range(k):
             x[a] = 0.0
