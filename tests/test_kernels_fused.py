@@ -146,3 +146,18 @@ def test_sparse_fit_same_with_and_without_numba_and_across_chunkings(rng, monkey
         np.testing.assert_allclose(m.A_[0], ref.A_[0], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(m.history_["objective"], ref.history_["objective"], rtol=1e-9)
         assert m.n_iter_ == ref.n_iter_ and m.stop_reason_ == ref.stop_reason_
+
+
+def test_spectrum_inverse_matches_numpy(rng):
+    """The compiled spectrum and inverse of the NNLS's Gram matrix are numpy's eigvalsh and
+    solve(G, I) (the same LAPACK routines), and a singular G still gives its spectrum."""
+    A = rng.random((30, 7))
+    G = A.T @ A
+    w0, wmax, H = fused.spectrum_inverse(G)
+    w = np.linalg.eigvalsh(G)
+    assert w0 == pytest.approx(w[0], rel=1e-12) and wmax == pytest.approx(w[-1], rel=1e-12)
+    np.testing.assert_allclose(H, np.linalg.solve(G, np.eye(7)), rtol=1e-10, atol=1e-14)
+    Gs = np.zeros((3, 3))
+    Gs[0, 0] = 2.0
+    w0, wmax, _ = fused.spectrum_inverse(Gs)
+    assert (w0, wmax) == (0.0, 2.0)

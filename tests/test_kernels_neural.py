@@ -362,3 +362,51 @@ def test_warm_start_gives_the_same_pass():
         chunk_cost_grad(X, As, B, y, 0.7, S0=ex["S"][:2])
     with pytest.raises(DNMFValueError, match=r"S0\[1\]"):
         chunk_cost_grad(X, As, B, y, 0.7, S0=[ex["S"][0], ex["S"][0], ex["S"][2]])
+
+
+@pytest.mark.parametrize("sparse_X", [False, True])
+@pytest.mark.parametrize("cost", ["reconstruction", "layerwise"])
+def test_block_pass_equals_chunk_cost_grad(sparse_X, cost):
+    """BlockPass (the single-block fit's per-pass call: X checked once, NNLS warm-started from
+    the previous call) returns chunk_cost_grad's cost, gradients and statistics."""
+    from dnmf_dask.kernels.neural import BlockPass
+
+    rng, X, As, B = make_problem(3, 3)
+    y = rng.integers(-1, N_CLASSES, N_ROWS)
+    Xc = sp.csr_matrix(X) if sparse_X else X
+    bp = BlockPass(Xc, y, 0.7, cost, "cross-entropy")
+    prev = None
+    for step in range(3):  # later calls start every layer's BPP from the previous supports
+        As_t = [A * (1.0 + 0.05 * step * rng.random(A.shape)) for A in As]
+        ref = chunk_cost_grad(Xc, As_t, B, y, 0.7, cost, label_loss="cross-entropy", return_S=True, S0=prev)
+        got = bp(As_t, B)
+        assert got[0] == pytest.approx(ref[0], rel=1e-12)
+        for g, h in zip(got[1] + [got[2]], ref[1] + [ref[2]]):
+            np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-12 * np.abs(h).max())
+        for key in ("recon_sq", "x_sq", "label_loss", "n_labeled", "n_correct"):
+            assert got[3][key] == pytest.approx(ref[3][key], rel=1e-12)
+        np.testing.assert_allclose(got[3]["layer_sq"], ref[3]["layer_sq"], rtol=1e-12)
+        for Sa, Sb in zip(got[3]["S"], ref[3]["S"]):
+            np.testing.assert_allclose(Sa, Sb, rtol=1e-10, atol=1e-13)
+        prev = ref[3]["S"]
+
+
+def test_block_pass_without_layer_energies_and_bad_factors():
+    from dnmf_dask.kernels.neural import BlockPass
+
+    rng, X, As, _ = make_problem(4, 2)
+    full = chunk_cost_grad(X, As)
+    bp = BlockPass(X, layer_energies=False)
+    got = bp(As)
+    assert got[3]["layer_sq"] is None  # not formed: the fit does not report them
+    assert got[0] == pytest.approx(full[0], rel=1e-12)
+    for g, h in zip(got[1], full[1]):
+        np.testing.assert_allclose(g, h, rtol=1e-10)
+    # the layer-wise cost needs them, so they are formed anyway
+    assert BlockPass(X, cost="layerwise", layer_energies=False)(As)[3]["layer_sq"] is not None
+    with pytest.raises(DNMFValueError, match=r"A_list\[0\].*finite"):
+        bp([np.full_like(As[0], np.nan), As[1]])
+    with pytest.raises(DNMFValueError, match=r"A_list\[1\]"):
+        bp([As[0], As[1][:-1]])
+    with pytest.raises(DNMFValueError, match="X.*finite"):
+        BlockPass(np.full_like(X, np.inf))

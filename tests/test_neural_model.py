@@ -165,3 +165,41 @@ def test_n_init_keeps_the_start_of_lowest_training_cost(toy, monkeypatch, tmp_pa
         dd.NeuralNMF((3,), n_init=0, scheduler="synchronous").fit(X)
     with pytest.raises(DNMFValueError, match="checkpoint"):
         dd.NeuralNMF((3,), n_init=2, scheduler="synchronous").fit(X, checkpoint=tmp_path / "ck")
+
+
+def test_single_block_fit_same_without_numba(toy, monkeypatch):
+    """The single-block fast path on the numpy fallback (no numba: eigvalsh/solve, batched BPP,
+    numpy passive solves) gives the compiled path's fit."""
+    from dnmf_dask.kernels import fused
+
+    if not fused.AVAILABLE:
+        pytest.skip("numba not available")
+    X, _ = toy
+    kw = dict(epochs=5, tol=0, random_state=3, init="random", scheduler="synchronous")
+    compiled = dd.NeuralNMF((6, 3), **kw).fit(X)
+    monkeypatch.setattr(fused, "AVAILABLE", False)
+    plain = dd.NeuralNMF((6, 3), **kw).fit(X)
+    np.testing.assert_allclose(plain.history_["cost"], compiled.history_["cost"], rtol=1e-10)
+    for Fa, Fb in zip(plain.A_, compiled.A_):
+        assert np.linalg.norm(Fa - Fb) <= 1e-9 * np.linalg.norm(Fb)
+
+
+def test_single_block_summary_is_the_dask_pass_and_still_rejects_bad_data(toy):
+    """The in-memory single block is summarised directly (no dask pass): the same statistics,
+    and negative or infinite data is still rejected by the fit."""
+    from dnmf_dask.models.base import data_summary
+    from dnmf_dask.models.neural import _in_memory_block
+
+    X, _ = toy
+    m = dd.NeuralNMF((4,), init="random", epochs=1, scheduler="synchronous")
+    blocks, _, info = m._prepare(X)
+    block = _in_memory_block(blocks, info)
+    assert isinstance(block, np.ndarray) and np.array_equal(block, X)
+    assert data_summary(blocks, block=block) == pytest.approx(data_summary(blocks))
+    Xn = X.copy()
+    Xn[3, 5] = -1.0
+    with pytest.raises(DNMFValueError, match="nonnegative"):
+        m.fit(Xn)
+    Xn[3, 5] = np.inf
+    with pytest.raises(DNMFValueError, match="finite"):
+        m.fit(Xn)

@@ -71,7 +71,7 @@ from dnmf_dask.kernels.nnls import (
     _nnls_core,
 )
 
-__all__ = ["forward", "chunk_cost_grad", "fit_classifier", "sum_results", "COSTS", "LABEL_LOSSES"]
+__all__ = ["forward", "chunk_cost_grad", "BlockPass", "fit_classifier", "sum_results", "COSTS", "LABEL_LOSSES"]
 
 #: the supported cost functions.
 COSTS = ("reconstruction", "layerwise")
@@ -97,12 +97,21 @@ def _check_solver(solver):
 
 def _check_inputs(X, A_list):
     X = _as_data_2d("X", X)
+    As = _check_factors(A_list, X.shape[1])
+    dt = _float_dtype(X.dtype, *[A.dtype for A in As])
+    X = X.astype(dt, copy=False)
+    As = [np.asarray(A, dtype=dt) for A in As]
+    return X, As, dt
+
+
+def _check_factors(A_list, n_features):
+    """The factors as 2-D finite arrays whose shapes chain from ``n_features`` rows (unconverted)."""
     if isinstance(A_list, np.ndarray) or not isinstance(A_list, (list, tuple)):
         raise DNMFTypeError(f"A_list: expected a list of 2-D arrays, found {type(A_list).__name__}")
     if len(A_list) == 0:
         raise DNMFValueError("A_list: expected at least one factor matrix, found an empty list")
     As = []
-    rows_expected = X.shape[1]
+    rows_expected = n_features
     for l, A in enumerate(A_list):
         A = _as_dense_2d(f"A_list[{l}]", A)
         if A.shape[0] != rows_expected:
@@ -114,10 +123,7 @@ def _check_inputs(X, A_list):
             raise DNMFValueError(f"A_list[{l}]: expected at least one column, found shape {A.shape}")
         As.append(A)
         rows_expected = A.shape[1]
-    dt = _float_dtype(X.dtype, *[A.dtype for A in As])
-    X = X.astype(dt, copy=False)
-    As = [np.asarray(A, dtype=dt) for A in As]
-    return X, As, dt
+    return As
 
 
 def _solver_opts(solver, k):
@@ -140,15 +146,16 @@ def _check_warm(S0, n, As):
     return P0
 
 
-def _forward(X, As, dt, solver, S0=None):
+def _forward(X, As, dt, solver, P0s=None):
     """Forward pass; returns (S list, passive solvers, C0 = X @ A[0]).
 
-    ``S0``: optional previous forward pass whose supports start the BPP of every layer (the
+    ``P0s``: optional supports (one boolean (n, k_l) array or None per layer, see
+    :func:`_check_warm`) of a previous forward pass; they start the BPP of every layer (the
     solution is the same; a support that is already right ends the pivoting at once)."""
     S, solvers = [], []
     prev = X
     C0 = None
-    for A, P0 in zip(As, _check_warm(S0, X.shape[0], As)):
+    for A, P0 in zip(As, P0s if P0s is not None else [None] * len(As)):
         k = A.shape[1]
         max_iter, tol = _solver_opts(solver, k)
         A64 = np.asarray(A, dtype=np.float64)
@@ -347,19 +354,34 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
         raise DNMFTypeError(f"return_S: expected a bool, found {type(return_S).__name__}")
     X, As, dt = _check_inputs(X, A_list)
     n = X.shape[0]
-    L = len(As) - 1
     kL = As[-1].shape[1]
     y, B, labeled = _check_labels(y, B, lam, n, kL, dt)
     if B is not None and B.dtype != dt:
         dt = np.result_type(dt, B.dtype)
         X = X.astype(dt, copy=False)
         As = [A.astype(dt, copy=False) for A in As]
-    lam = float(lam)
+    return _cost_grad(X, As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
+                      _check_warm(S0, n, As))
+
+
+def _cost_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, return_S, P0, x_sq=None,
+               layer_energies=True):
+    """:func:`chunk_cost_grad` on checked input: X, As, B in dtype ``dt``, y and its mask
+    ``labeled`` as :func:`_check_labels` returns them, ``P0`` the warm start's supports.
+
+    ``x_sq``: ||X||² if already known. ``layer_energies=False`` skips the layer-wise energies
+    when the cost does not need them (``extras["layer_sq"]`` is then None; for a dense X with
+    several layers they cost one more (n, n_features) product and difference per pass).
+    """
+    n = X.shape[0]
+    L = len(As) - 1
+    kL = As[-1].shape[1]
     sparse = sp.issparse(X)
 
-    S, solvers, C0 = _forward(X, As, dt, solver, S0)
+    S, solvers, C0 = _forward(X, As, dt, solver, P0)
     SL = S[L]
-    x_sq = _sqnorm(X)
+    if x_sq is None:
+        x_sq = _sqnorm(X)
 
     # products P = A0 A1 ... AL (prefix) and suffixes A_{l+1} ... A_L
     pre = [As[0]]
@@ -387,17 +409,19 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
         E = X - SL @ P.T
         recon_sq = _sqnorm(E)
 
-    # --- layer-wise energies ||S[l-1] - S[l] A[l]^T||^2 (reported always)
+    # --- layer-wise energies ||S[l-1] - S[l] A[l]^T||^2 (reported unless not wanted)
     layer_sq = np.zeros(L + 1, dtype=np.float64)
     layer_terms = []  # (l, E_l) for l >= 1, dense (n, k_{l-1})
-    if sparse:
+    if not (layer_energies or cost == "layerwise"):
+        layer_sq = None
+    elif sparse:
         G0 = As[0].T @ As[0]
         StS0 = S[0].T @ S[0]
         layer_sq[0] = x_sq - 2.0 * _fsum_prod(S[0], C0) + _fsum_prod(StS0, G0)
     else:
         E0 = E if L == 0 else X - S[0] @ As[0].T
         layer_sq[0] = recon_sq if L == 0 else _sqnorm(E0)
-    for l in range(1, L + 1):
+    for l in range(1, L + 1 if layer_sq is not None else 1):
         El = S[l - 1] - S[l] @ As[l].T
         layer_sq[l] = _sqnorm(El)
         layer_terms.append((l, El))
@@ -496,6 +520,61 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     if return_S:
         extras["S"] = S
     return float(total), grads, grad_B, extras
+
+
+class BlockPass:
+    """:func:`chunk_cost_grad` of one fixed block, evaluated once per pass of a fit.
+
+    The single-block fast path of :class:`dnmf_dask.NeuralNMF`: ``X`` is checked (finite
+    values, format) and converted to each floating dtype once instead of every pass, and every
+    call warm-starts each layer's NNLS from the supports of the previous call's forward pass
+    (the solutions are the same; a support that is already right ends the pivoting at once).
+    A call returns what ``chunk_cost_grad(X, A_list, B, y, lam, cost,
+    label_loss=label_loss, return_S=True, S0=<previous forward pass>)`` returns; the factors,
+    B and the labels are checked as there on every call.
+
+    Parameters
+    ----------
+    X : (n, n_features) dense array or scipy.sparse matrix; y : (n,) int array or None;
+    lam, cost, label_loss : as :func:`chunk_cost_grad`.
+    layer_energies : bool, default True
+        False: ``extras["layer_sq"]`` is None unless ``cost="layerwise"`` (the fit does not
+        report the layer energies, and on dense X they cost a product of the size of X per pass).
+    """
+
+    def __init__(self, X, y=None, lam=0.0, cost="reconstruction", label_loss="frobenius", *, layer_energies=True):
+        if cost not in COSTS:
+            raise DNMFValueError(f"cost: expected one of {COSTS}, found {cost!r}")
+        label_loss = canonical_loss(label_loss)
+        if label_loss not in LABEL_LOSSES:
+            raise DNMFValueError(f"label_loss: expected one of {LABEL_LOSSES}, found {label_loss!r}")
+        self._X = {}
+        self.X = _as_data_2d("X", X)
+        self.x_sq = _sqnorm(self.X)
+        self.y, self.lam, self.cost, self.label_loss = y, lam, cost, label_loss
+        self.layer_energies = layer_energies
+        self.S = None  # the last call's forward pass
+
+    def _X_as(self, dt):
+        dt = np.dtype(dt)
+        if dt not in self._X:
+            self._X[dt] = self.X.astype(dt, copy=False)
+        return self._X[dt]
+
+    def __call__(self, A_list, B=None):
+        """``(cost, grads, grad_B, extras)`` at ``A_list`` and ``B`` (see :func:`chunk_cost_grad`)."""
+        As = _check_factors(A_list, self.X.shape[1])
+        dt = _float_dtype(self.X.dtype, *[A.dtype for A in As])
+        n = self.X.shape[0]
+        y, B, labeled = _check_labels(self.y, B, self.lam, n, As[-1].shape[1], dt)
+        if B is not None and B.dtype != dt:
+            dt = np.result_type(dt, B.dtype)
+        As = [np.asarray(A, dtype=dt) for A in As]
+        P0 = _check_warm(self.S, n, As)
+        out = _cost_grad(self._X_as(dt), As, B, y, labeled, float(self.lam), self.cost, self.label_loss, dt,
+                         None, True, P0, x_sq=self.x_sq, layer_energies=self.layer_energies)
+        self.S = out[3]["S"]
+        return out
 
 
 def sum_results(results):

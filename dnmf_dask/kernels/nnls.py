@@ -65,6 +65,7 @@ from dnmf_dask.errors import DNMFTypeError, DNMFValueError
 
 __all__ = ["nnls", "nnls_gram", "solve_passive"]
 
+_F64 = np.dtype(np.float64)
 #: ``G`` is treated as singular when ``eig_min <= _RCOND_SINGULAR * k * eig_max``.
 _RCOND_SINGULAR = 1e3 * np.finfo(np.float64).eps
 #: a passive set shared by at least this many rows is solved once with all rows as right-hand
@@ -82,11 +83,28 @@ _SCHUR_MAX_COND = 1e7
 _P_BAR = 3
 
 
+_FUSED = None
+
+
+def _fused():
+    """The compiled kernels' module, imported on first use (numba stays out of the import of
+    this module) and then held: a function-level ``from . import fused`` costs ~15 µs per call
+    in importlib, and the solves of one Neural NMF pass on Table 1 call it ~6 times."""
+    global _FUSED
+    if _FUSED is None:
+        from . import fused
+
+        _FUSED = fused
+    return _FUSED
+
+
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
 def _float_dtype(*dtypes):
     """Floating dtype of the result: float32 only if every input is float32 (or smaller)."""
+    if all(d == _F64 for d in dtypes):  # the common case, without result_type's overhead
+        return _F64
     dt = np.result_type(*dtypes)
     if dt.kind == "c":
         raise DNMFTypeError(f"expected real-valued input, found complex dtype {dt}")
@@ -224,35 +242,53 @@ class _PassiveSolver:
     """Solves ``G_FF x_F = c_F`` (zeros off ``F``) for many rows with individual passive sets."""
 
     def __init__(self, G64):
+        fused = _fused()
         self.G = G64
         self.k = k = G64.shape[0]
         self.singular = False
         self.H = None
         self._w, self._V = None, None
+        self._bd = None
+        self._wmax = 0.0
         if k == 0:
             return
-        w = np.linalg.eigvalsh(G64)
-        wmax = max(float(w[-1]), 0.0)
-        if w[0] < -1e-8 * max(wmax, np.finfo(np.float64).tiny):
+        if fused.AVAILABLE:
+            # the spectrum and G⁻¹ in one compiled call (numpy's wrappers cost ~20 µs each, as
+            # much as a whole pass of Neural NMF on Table 1's 90 × 87 problem)
+            w0, wmax, H = fused.spectrum_inverse(G64)
+        else:
+            w = np.linalg.eigvalsh(G64)
+            w0, wmax, H = float(w[0]), float(w[-1]), None
+        wmax = max(wmax, 0.0)
+        if w0 < -1e-8 * max(wmax, np.finfo(np.float64).tiny):
             raise DNMFValueError(
                 f"G: expected a positive semidefinite Gram matrix (A^T A), found eigenvalue "
-                f"{w[0]:.3g} (largest {wmax:.3g})"
+                f"{w0:.3g} (largest {wmax:.3g})"
             )
-        self.singular = bool(wmax == 0.0 or w[0] <= _RCOND_SINGULAR * k * wmax)
-        if not self.singular and w[0] * _SCHUR_MAX_COND >= wmax:
+        self.singular = bool(wmax == 0.0 or w0 <= _RCOND_SINGULAR * k * wmax)
+        self._wmax = wmax
+        if not self.singular and w0 * _SCHUR_MAX_COND >= wmax:
             # well-conditioned: rows with few zeros are solved through the complement,
             # G_FF^{-1} c_F = u_F - H_FN H_NN^{-1} u_N with H = G^{-1}, u = H c.
-            H = np.linalg.solve(G64, np.eye(k))
+            if H is None:
+                H = np.linalg.solve(G64, np.eye(k))
             self.H = 0.5 * (H + H.T)
-        # block-diagonal source of the gathered sub-matrices: G, H (or I), then identity
-        # padding (a padded system ``[[M, 0], [0, I]] [v; 0] = [b; 0]``)
-        # (the identity blocks are scaled like G so that pseudo-inverse cut-offs are unaffected)
-        pad = wmax if wmax > 0 else 1.0
-        BD = np.zeros((3 * k, 3 * k), dtype=np.float64)
-        BD[:k, :k] = G64
-        BD[k:2 * k, k:2 * k] = self.H if self.H is not None else pad * np.eye(k)
-        BD[2 * k:, 2 * k:] = pad * np.eye(k)
-        self._BD = BD
+
+    @property
+    def _BD(self):
+        """Block-diagonal source of the gathered sub-matrices of the numpy path: G, H (or I),
+        then identity padding (a padded system ``[[M, 0], [0, I]] [v; 0] = [b; 0]``); the
+        identity blocks are scaled like G so that pseudo-inverse cut-offs are unaffected.
+        Built on first use (the compiled path never needs it)."""
+        if self._bd is None:
+            k = self.k
+            pad = self._wmax if self._wmax > 0 else 1.0
+            BD = np.zeros((3 * k, 3 * k), dtype=np.float64)
+            BD[:k, :k] = self.G
+            BD[k:2 * k, k:2 * k] = self.H if self.H is not None else pad * np.eye(k)
+            BD[2 * k:, 2 * k:] = pad * np.eye(k)
+            self._bd = BD
+        return self._bd
 
     # -- dense sub-system with many right-hand sides ------------------------------------------
     def _solve_block(self, idx, rhs):
@@ -299,15 +335,14 @@ class _PassiveSolver:
 
         C : (m, k) float64, P : (m, k) bool, U : optional ``C @ H`` (unconstrained solutions).
         """
-        from . import fused
-
+        fused = _fused()
         m, k = C.shape
         if m == 0 or k == 0:
             return np.zeros((m, k), dtype=np.float64)
         if U is None and self.H is not None:
             U = C @ self.H
         if fused.AVAILABLE and not self.singular:
-            # one compiled Cholesky per row instead of numpy's grouping and stacking (whose
+            # one compiled LDLᵀ solve per row instead of numpy's grouping and stacking (whose
             # per-call overhead dominated small problems, e.g. Neural NMF on Table 1's 90 × 87)
             X, bad = fused.passive_rows(self.G, self.H, C, P, U)
             if bad.size:  # pragma: no cover - a numerically non-SPD G_FF of a non-singular G
@@ -619,9 +654,9 @@ def _nnls_core(solver, C64, P0, max_iter, tol):
     With numba and a non-singular G the pivoting runs row by row in compiled code
     (:func:`dnmf_dask.kernels.fused.bpp_rows`, the same rules); otherwise batched in numpy.
     """
-    from . import fused
-
-    if fused.AVAILABLE and not solver.singular and solver.k > 0:
+    fused = _fused()
+    compiled = fused.AVAILABLE and not solver.singular and solver.k > 0
+    if compiled:
         X, P, n_iter, n_backup, unfinished = fused.bpp_rows(solver.G, solver.H, C64, P0, max_iter, tol, _P_BAR)
     else:
         X, P, n_iter, n_backup, unfinished = _bpp(solver, C64, P0, max_iter, tol)
@@ -632,12 +667,13 @@ def _nnls_core(solver, C64, P0, max_iter, tol):
         "singular": solver.singular,
     }
     if unfinished.size:
-        X[unfinished] = solver.solve_rows_scipy(C64[unfinished])
+        X[unfinished] = solver.solve_rows_scipy(C64[unfinished])  # (scipy's solutions are >= 0)
         P[unfinished] = X[unfinished] > 0
-    # exact nonnegativity: entries off the passive set are 0 by construction; passive entries
-    # that are negative within the tolerance are clamped.
-    np.multiply(X, P, out=X)
-    np.maximum(X, 0.0, out=X)
+    if not compiled:  # (the compiled kernel does this per row)
+        # exact nonnegativity: entries off the passive set are 0 by construction; passive
+        # entries that are negative within the tolerance are clamped.
+        np.multiply(X, P, out=X)
+        np.maximum(X, 0.0, out=X)
     return X, info
 
 

@@ -10,13 +10,16 @@ independent of the chunking and the scheduler (up to floating-point summation or
 
 from __future__ import annotations
 
+import contextlib
+
 import dask
 import numpy as np
+import scipy.sparse as sp
 
 from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.neural import LABEL_LOSSES, chunk_cost_grad, fit_classifier
+from ..kernels.neural import LABEL_LOSSES, BlockPass, chunk_cost_grad, fit_classifier
 from ..kernels.solvers import canonical_loss
 from ..parallel.mapreduce import map_reduce, one_blas_thread
 from .. import progress
@@ -36,10 +39,15 @@ MAX_RELATIVE_STEP = 0.25
 INIT_JITTER = 0.1
 
 
-def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss, S0=None, keep_S=False):
-    """The block's cost, gradients and statistics; the block output is its forward pass if
-    ``keep_S`` (the in-memory path warm-starts the next pass's NNLS from it, ``S0``), else None."""
-    c, gA, gB, ex = chunk_cost_grad(X, list(As), B, y, lam, cost, label_loss=label_loss, return_S=True, S0=S0)
+def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss):
+    """The block's cost, gradients and statistics (a dask task's output: None, the statistics)."""
+    res = chunk_cost_grad(X, list(As), B, y, lam, cost, label_loss=label_loss, return_S=True)
+    return None, _block_stats(res, y)
+
+
+def _block_stats(res, y):
+    """The statistics dict of one block from its :func:`chunk_cost_grad` result ``res``."""
+    c, gA, gB, ex = res
     st = {"cost": c, "recon_sq": ex["recon_sq"], "x_sq": ex["x_sq"], "label_loss": ex["label_loss"],
           "n_labeled": ex["n_labeled"], "n_correct": ex["n_correct"]}
     for l, g in enumerate(gA):
@@ -51,21 +59,26 @@ def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss, S0=None, keep_S=False
         # order): the driver refits B to them without another pass over X
         st["SL_lab"] = [np.asarray(ex["S"][-1][lab], dtype=np.float64)]
         st["y_lab"] = [np.asarray(y[lab], dtype=np.int64)]
-    return (ex["S"] if keep_S else None), st
+    return st
 
 
-def _direct_block(per_block, info):
-    """``(X, y)`` of the only block when the data is one in-memory (numpy / scipy) block, else None.
+def _in_memory_block(blocks, info):
+    """The only block of X when the data is one in-memory (numpy / scipy) block, else None.
 
-    The block is fetched once (it is already in memory); the caller then calls the kernel task
-    directly on it instead of mapping it through a dask graph every pass.
+    The caller then summarises it and calls the kernel directly on it every pass (a
+    :class:`~dnmf_dask.kernels.neural.BlockPass`) instead of mapping it through a dask graph.
     """
-    if len(per_block) != 1 or info.get("kind") not in ("numpy", "sparse"):
+    if blocks.n_blocks != 1 or info.get("kind") not in ("numpy", "sparse"):
         return None
-    Xb, yb = per_block[0]
-    if hasattr(Xb, "dask"):  # a persisted Delayed / dask array: fetch the block once
-        Xb = dask.compute(Xb, scheduler="synchronous")[0]
-    return Xb, yb
+    Xb = blocks.X[0]
+    if hasattr(Xb, "dask"):  # persisted in this process: the graph holds the block itself
+        Xv = Xb.__dask_graph__().get(Xb.key) if hasattr(Xb, "key") else None
+        if isinstance(Xv, np.ndarray) or sp.issparse(Xv):
+            return Xv
+        # else, e.g. persisted on a distributed cluster (a future): fetched through the current
+        # scheduler, once (the synchronous scheduler cannot resolve a future)
+        Xb = dask.compute(Xb)[0]
+    return Xb
 
 
 class NeuralNMF(HierarchicalNMF):
@@ -229,10 +242,11 @@ class NeuralNMF(HierarchicalNMF):
         if observed is not None:
             raise DNMFValueError("observed: expected None (Neural NMF does not support missing data), found a mask")
         ranks = self._validate_params()
-        with scheduler_context(self.scheduler):
+        with scheduler_context(self.scheduler), contextlib.ExitStack() as held:
             chunk_rows = self.chunk_rows if self.chunk_rows is not None else self.batch_size
             blocks, y, info = self._prepare(X, y, groups, None, chunk_rows=chunk_rows)
-            summary = data_summary(blocks)
+            X_mem = _in_memory_block(blocks, info)
+            summary = data_summary(blocks, block=X_mem)
             self._check_summary(summary)
             seed = seed_from(self.random_state)
             codes, n_classes = self._encode_labels(y)
@@ -300,16 +314,19 @@ class NeuralNMF(HierarchicalNMF):
             # building a dask graph each (the graph would cost more than the arithmetic); the
             # kernel and its arguments are those of the dask task, and its NNLS start from the
             # supports of the previous pass (the same solutions, 1e-10 in the tests, fewer pivots)
-            direct = _direct_block(per_block, info)
-            warm = {"S": None}
+            direct = None
+            if X_mem is not None:  # (the fit does not report the layer energies)
+                direct = BlockPass(X_mem, y_parts[0], **task_kw, layer_energies=False)
+            # BLAS on one thread, as in the dask tasks; held for the whole fit on the direct path
+            # (entering threadpoolctl's limit costs ~0.1-0.4 ms, as much as a pass on Table 1)
+            blas_limit = one_blas_thread if direct is None else contextlib.nullcontext
+            if direct is not None:
+                held.enter_context(one_blas_thread())
 
             def evaluate(As, B, idx=None):
                 if direct is not None:
-                    with one_blas_thread():  # the BLAS setting of the dask tasks
-                        # the NNLS of every layer starts from the supports of the last pass
-                        warm["S"], st = _cost_grad_task(*direct, As=list(As), B=B, S0=warm["S"], keep_S=True,
-                                                             **task_kw)
-                    return st
+                    # the NNLS of every layer starts from the supports of the last pass
+                    return _block_stats(direct(list(As), B), direct.y)
                 items = per_block if idx is None else [per_block[i] for i in idx]
                 _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
                                    **task_kw)
@@ -333,7 +350,7 @@ class NeuralNMF(HierarchicalNMF):
                 if not refits_B or st["n_labeled"] == 0:
                     return st, B
                 SLl, yl = np.vstack(st["SL_lab"]), np.concatenate(st["y_lab"])
-                with one_blas_thread():  # multithreaded BLAS made L-BFGS-B's tiny products 25x slower
+                with blas_limit():  # multithreaded BLAS made L-BFGS-B's tiny products 25x slower
                     B_new, _ = fit_classifier(SLl, yl, B, self.label_loss, self.classifier_iter)
                 B_new = B_new.astype(dtype)
                 return evaluate(As, B_new), B_new
