@@ -319,9 +319,11 @@ class NeuralNMF(HierarchicalNMF):
                 direct = BlockPass(X_mem, y_parts[0], **task_kw, layer_energies=False)
             # BLAS on one thread, as in the dask tasks; held for the whole fit on the direct path
             # (entering threadpoolctl's limit costs ~0.1-0.4 ms, as much as a pass on Table 1)
-            blas_limit = one_blas_thread if direct is None else contextlib.nullcontext
+            # (driver=True: this is the driver's own arithmetic, limited on a Client too, where
+            # BLAS's spinning threads wait for the cores the workers hold)
+            blas_limit = (lambda: one_blas_thread(driver=True)) if direct is None else contextlib.nullcontext
             if direct is not None:
-                held.enter_context(one_blas_thread())
+                held.enter_context(one_blas_thread(driver=True))
 
             def evaluate(As, B, idx=None):
                 if direct is not None:
