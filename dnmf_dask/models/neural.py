@@ -16,11 +16,12 @@ import numpy as np
 from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.neural import LABEL_LOSSES, chunk_cost_grad, fit_classifier
+from ..kernels.neural import LABEL_LOSSES, fit_classifier
 from ..kernels.solvers import canonical_loss
 from ..parallel.mapreduce import map_reduce, one_blas_thread
 from .. import progress
 from ..parallel.scheduler import scheduler_context
+from ..parallel.tasks import cost_grad_task as _cost_grad_task
 from ..store.checkpoint import rng_from_json, rng_state_to_json
 from .base import data_summary, seed_from
 from .hierarchical import HierarchicalNMF, check_ranks
@@ -31,24 +32,6 @@ ARMIJO_MAX_TRIALS = 30
 #: with step_scaling='block', no factor moves by more than this fraction of its norm in one step
 #: (larger steps zero whole columns by projection and make the NNLS layers rank-deficient)
 MAX_RELATIVE_STEP = 0.25
-
-
-def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss, S0=None, keep_S=False):
-    """The block's cost, gradients and statistics; the block output is its forward pass if
-    ``keep_S`` (the in-memory path warm-starts the next pass's NNLS from it, ``S0``), else None."""
-    c, gA, gB, ex = chunk_cost_grad(X, list(As), B, y, lam, cost, label_loss=label_loss, return_S=True, S0=S0)
-    st = {"cost": c, "recon_sq": ex["recon_sq"], "x_sq": ex["x_sq"], "label_loss": ex["label_loss"],
-          "n_labeled": ex["n_labeled"], "n_correct": ex["n_correct"]}
-    for l, g in enumerate(gA):
-        st[f"gA{l}"] = np.asarray(g, dtype=np.float64)
-    if gB is not None:
-        st["gB"] = np.asarray(gB, dtype=np.float64)
-        lab = np.flatnonzero(y >= 0) if y is not None else np.zeros(0, dtype=np.int64)
-        # the labeled rows' last-layer codes (lists concatenate in the tree reduction, in block
-        # order): the driver refits B to them without another pass over X
-        st["SL_lab"] = [np.asarray(ex["S"][-1][lab], dtype=np.float64)]
-        st["y_lab"] = [np.asarray(y[lab], dtype=np.int64)]
-    return (ex["S"] if keep_S else None), st
 
 
 def _direct_block(per_block, info):

@@ -2,6 +2,7 @@
 
     python pipelines/bench/bench_out_of_core.py                         # ~4.2 GB decoded corpus, 2 workers x 400 MB
     python pipelines/bench/bench_out_of_core.py --nnz 5e7 --memory-limit 400MB   # quick check (not out of core)
+    python pipelines/bench/bench_out_of_core.py --store /work/ooc_store/corpus.zarr --iters 3 --epochs 1   # reuse a written store
 
 What it does, in one process run:
 
@@ -203,11 +204,13 @@ def worker_events(client, pids_before):
     logs = client.get_worker_logs()
     nanny_logs = client.get_worker_logs(nanny=True)
     text = lambda L: [m for _, m in L]  # noqa: E731
-    out = {"paused": 0, "unmanaged_high": 0, "spilled_bytes": 0, "spill_writes": 0, "restarts": 0}
-    for msgs in logs.values():
-        for m in text(msgs):
-            out["paused"] += "Pausing worker" in m
-            out["unmanaged_high"] += "Unmanaged memory use is high" in m
+    out = {"paused": 0, "unmanaged_high": 0, "spilled_bytes": 0, "spill_writes": 0, "restarts": 0, "per_worker": {}}
+    for addr, msgs in logs.items():
+        w = out["per_worker"].setdefault(addr, {})
+        w["paused"] = sum("Pausing worker" in m for m in text(msgs))
+        w["unmanaged_high"] = sum("Unmanaged memory use is high" in m for m in text(msgs))
+        out["paused"] += w["paused"]
+        out["unmanaged_high"] += w["unmanaged_high"]
     for msgs in nanny_logs.values():
         for m in text(msgs):
             out["restarts"] += ("Restarting worker" in m) or ("exceeded" in m and "memory budget" in m)
@@ -223,9 +226,10 @@ def worker_events(client, pids_before):
         return c, b
 
     try:
-        for c, b in client.run(disk_writes).values():
+        for addr, (c, b) in client.run(disk_writes).items():
             out["spill_writes"] += int(c)
             out["spilled_bytes"] += int(b)
+            out["per_worker"].setdefault(addr, {}).update(spill_writes=int(c), spilled_bytes=int(b))
     except Exception as e:  # pragma: no cover - a worker died
         out["error"] = repr(e)
     pids_now = client.run(os.getpid)
@@ -280,10 +284,14 @@ def report_phase(name, watch, limit, client, pids, res):
     peaks = watch.reset()
     ev = worker_events(client, pids)
     mx = max(peaks.values())
-    res[name].update({"peak_rss": peaks, "peak_frac": mx / limit, "events": ev})
-    per = ", ".join(f"{p / 1e6:.0f} MB" for p in peaks.values())
-    print(f"  peak RSS per worker: {per} (limit {limit / 1e6:.0f} MB; max {mx / limit:.0%} of it)")
-    print(f"  worker events so far: {ev}")
+    res[name].update({"peak_rss": peaks, "peak_frac": mx / limit, "events": ev, "load": os.getloadavg()})
+    print(f"  load average {os.getloadavg()}")
+    for a, p in peaks.items():
+        w = ev["per_worker"].get(a, {})
+        print(f"  worker {a}: peak RSS {p / 1e6:.0f} MB ({p / limit:.0%} of {limit / 1e6:.0f} MB); so far paused "
+              f"{w.get('paused', '?')}x, spilled {w.get('spilled_bytes', 0) / 1e6:.1f} MB in {w.get('spill_writes', 0)} writes, "
+              f"high-unmanaged warnings {w.get('unmanaged_high', '?')}")
+    print(f"  worker events so far (all workers): { {k: v for k, v in ev.items() if k != 'per_worker'} }")
 
 
 def main(argv=None):
@@ -315,7 +323,11 @@ def main(argv=None):
     # the library's choice of the workers' malloc settings for this memory_limit
     with worker_malloc_config(limit), LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True, memory_limit=limit,
                       dashboard_address=None, host="127.0.0.1") as cl, Client(cl) as client:
-        client.run(lambda: __import__("dnmf_dask.models"))  # import cost out of the timings
+        # import cost out of the timings: what the fits' tasks import (the task functions and the
+        # store's block reader), not the estimators (scikit-learn), which workers never need
+        client.run(lambda: [__import__(m) for m in ("dnmf_dask.parallel.tasks", "dnmf_dask.parallel.mu", "dnmf_dask.store.corpus")])
+        res["worker_rss_start"] = client.run(lambda: __import__("psutil").Process().memory_info().rss)
+        print("worker RSS after imports: " + ", ".join(f"{r / 1e6:.0f} MB" for r in res["worker_rss_start"].values()))
         watch = MemoryWatch(client, args.sample).start()
         pids = dict(watch.pids)
         try:
