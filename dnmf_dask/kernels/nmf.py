@@ -38,8 +38,8 @@ def _fused_frobenius(X, S):
     """:mod:`~dnmf_dask.kernels.fused` if its Frobenius sweep is on (``fused.FROBENIUS``) and applies
     to ``(X, S)``, else None.
 
-    That module imports numba, which costs a worker process ~50 MB (~90 MB once kernels load) of
-    the memory its ``memory_limit`` counts; the sweep is off by default, so the module is imported
+    That module imports numba, which costs a worker process ~50 MB (~140 MB once its kernels are
+    defined and loaded) of the memory its ``memory_limit`` counts; the sweep is off by default, so the module is imported
     here only when its environment switch asks for it, or if it is already imported (a test or a
     benchmark flipping ``fused.FROBENIUS``, or a NeuralNMF task that needed its NNLS kernels).
     """
