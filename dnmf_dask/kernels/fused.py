@@ -41,6 +41,8 @@ import os
 import numpy as np
 import scipy.sparse as sp
 
+from ._env import FROBENIUS_ENV, env_flag
+
 try:  # pragma: no cover - exercised by whichever branch the environment has
     if os.environ.get("DNMF_DASK_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
         raise ImportError("disabled by DNMF_DASK_NUMBA")
@@ -56,7 +58,7 @@ EPS = float(np.finfo(np.float32).eps)
 #: Use :func:`frobenius_step` in :func:`~dnmf_dask.kernels.nmf.block_step`. Off by default: on
 #: the benchmark machine it was no faster than scipy's two products (see the module docstring
 #: and BENCHMARKS.md); ``DNMF_DASK_FUSED_FROBENIUS=1`` turns it on.
-FROBENIUS = os.environ.get("DNMF_DASK_FUSED_FROBENIUS", "0").strip().lower() in ("1", "true", "yes", "on")
+FROBENIUS = env_flag(FROBENIUS_ENV, False)
 
 
 def usable(X, S):

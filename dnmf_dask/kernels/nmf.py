@@ -25,13 +25,31 @@ epsilon, as scikit-learn does), so a zero numerator gives 0 and never 0/0 = NaN;
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import scipy.sparse as sp
 
-from . import fused
+from ._env import FROBENIUS_ENV, env_flag
 
 EPS = float(np.finfo(np.float32).eps)
 
+
+def _fused_frobenius(X, S):
+    """:mod:`~dnmf_dask.kernels.fused` if its Frobenius sweep is on (``fused.FROBENIUS``) and applies
+    to ``(X, S)``, else None.
+
+    That module imports numba, which costs a worker process ~50 MB (~140 MB once its kernels are
+    defined and loaded) of the memory its ``memory_limit`` counts; the sweep is off by default, so the module is imported
+    here only when its environment switch asks for it, or if it is already imported (a test or a
+    benchmark flipping ``fused.FROBENIUS``, or a NeuralNMF task that needed its NNLS kernels).
+    """
+    fused = sys.modules.get(f"{__package__}.fused")
+    if fused is None:
+        if not env_flag(FROBENIUS_ENV, False):
+            return None
+        from . import fused
+    return fused if fused.FROBENIUS and fused.usable(X, S) else None
 
 def _safe_ratio(num, den):
     den = np.where(den == 0, EPS, den)
@@ -174,7 +192,8 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
         SAtA = S @ AtA
         den = gram_den(S, AtA, SAtA)
         den = den if den_L is None else den + den_L
-        if fused.FROBENIUS and fused.usable(X, S):
+        fused = _fused_frobenius(X, S)
+        if fused is not None:
             # one sweep of X: X A, the new rows of S and Xᵀ S_new (kernels/fused.py)
             S_new, XA, stats["XtS"] = fused.frobenius_step(X, S, A, den, num_add=num_L, update_S=update_S)
         else:

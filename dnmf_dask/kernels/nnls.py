@@ -59,7 +59,6 @@ import numbers
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import nnls as _scipy_nnls
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
 
@@ -468,6 +467,8 @@ class _PassiveSolver:
     # -- last resort for rows where BPP did not finish ------------------------------------------
     def solve_rows_scipy(self, C):
         """Row-by-row scipy.optimize.nnls on ``min ||R s - d||`` with ``R^T R = G``, ``R^T d = c``."""
+        from scipy.optimize import nnls as _scipy_nnls  # here: scipy.optimize costs a worker ~20 MB
+
         if self._w is None:
             w, V = np.linalg.eigh(self.G)
             keep = w > _RCOND_SINGULAR * self.k * max(w[-1], 0.0)

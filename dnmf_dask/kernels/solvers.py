@@ -31,7 +31,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from . import fused
 from .nmf import EPS, _mu, gram_den, one_hot, split_missing
 
 #: float64 machine epsilon: A entries below it are set to 0 after a KL update (as scikit-learn)
@@ -232,7 +231,7 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
         AtA = A.T @ A
     AtA = AtA.astype(dt, copy=False)
     # KL MU on a CSR block: one sweep of X does the S update, the divergence and the A sums
-    fuse = loss != "frobenius" and W is None and solver == "mu" and fused.usable(X, S)
+    fuse = loss != "frobenius" and W is None and solver == "mu" and _fused().usable(X, S)
     lossX, num, den = (None, None, None) if fuse else data_term(X, S, A, W, loss, AtA, norm_X)
     cX = weight(loss)
     stats = {"loss_X": lossX, "norm_X": norm_X, "S_l1": float(S.sum(dtype=np.float64)),
@@ -290,6 +289,14 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
     return S_new, stats
 
 
+def _fused():
+    """:mod:`~dnmf_dask.kernels.fused`, imported on first use: it imports numba (~50 MB of a
+    worker process), which the Frobenius updates do not need."""
+    from . import fused
+
+    return fused
+
+
 def _kl_fused(X, S, A, cX, update_S, a_stats, l1_S, l2_S, num_L, den_L):
     """The KL MU step of :func:`general_block_step` by :func:`~dnmf_dask.kernels.fused.kl_step`.
 
@@ -302,8 +309,8 @@ def _kl_fused(X, S, A, cX, update_S, a_stats, l1_S, l2_S, num_L, den_L):
             den_add = extra if den_add is None else den_add + extra
     if den_add is not None:
         den_add = np.broadcast_to(den_add, S.shape)
-    S_new, RtS, xlog = fused.kl_step(X, S, A, cX=cX, num_add=num_L, den_add=den_add, update_S=update_S,
-                                     a_stats=a_stats)
+    S_new, RtS, xlog = _fused().kl_step(X, S, A, cX=cX, num_add=num_L, den_add=den_add, update_S=update_S,
+                                        a_stats=a_stats)
     xhat_sum = float(S.sum(axis=0, dtype=np.float64) @ A.sum(axis=0, dtype=np.float64))
     return S_new, RtS, max(xlog - _sum_x(X) + xhat_sum, 0.0)
 

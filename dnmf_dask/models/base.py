@@ -7,7 +7,6 @@ import warnings
 
 import dask
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 
@@ -16,6 +15,7 @@ from ..errors import ConvergenceWarning, DNMFValueError
 from ..parallel.blocks import Blocks, as_blocks
 from ..parallel.mapreduce import map_reduce
 from ..parallel.memory import persist_fits
+from ..parallel.tasks import summary_block as _summary_block
 from ..store.corpus import Corpus
 
 #: dask inputs smaller than this are loaded into (cluster) memory once for the whole fit
@@ -27,40 +27,6 @@ def seed_from(random_state) -> int:
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         return int(random_state)
     return int(check_random_state(random_state).randint(0, 2**31 - 1))
-
-
-def _summary_block(X, W):
-    """Per-block sums for the summary pass: entries, count, min, nnz, squared norm."""
-    if sp.issparse(X):
-        d = X.data
-        if W is not None:
-            d = X.multiply(sp.csr_matrix(W, dtype=bool)).data
-            count = int(sp.csr_matrix(W).nnz)
-        else:
-            count = X.shape[0] * X.shape[1]
-        finite = bool(np.isfinite(d).all())
-        return None, {
-            "sum": float(d.sum(dtype=np.float64)) if finite else 0.0,
-            "abs_sum": float(np.abs(d).sum(dtype=np.float64)) if finite else 0.0,
-            "count": count,
-            "min": [float(d.min()) if d.size and finite else 0.0],
-            "nonfinite": int(0 if finite else (~np.isfinite(d)).sum()),
-            "nan": 0,
-            "nnz": int(X.nnz),
-        }
-    X = np.asarray(X)
-    nan = np.isnan(X)
-    obs = ~nan if W is None else (~nan & np.asarray(W, bool))
-    vals = X[obs]
-    return None, {
-        "sum": float(vals.sum(dtype=np.float64)),
-        "abs_sum": float(np.abs(vals).sum(dtype=np.float64)),
-        "count": int(obs.sum()),
-        "min": [float(vals.min()) if vals.size else 0.0],
-        "nonfinite": int(np.isinf(X).sum()),
-        "nan": int(nan.sum()),
-        "nnz": int(np.count_nonzero(vals)),
-    }
 
 
 def data_summary(blocks: Blocks, block=None) -> dict:

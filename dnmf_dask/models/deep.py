@@ -21,14 +21,14 @@ import dask
 import numpy as np
 
 from ..errors import DNMFValueError
-from ..kernels.deep import BACKPROP_SOLVERS, apply_backprop_update, backprop_chunk_step, energy_parts
-from ..kernels.masked import nnls_rows_missing
-from ..kernels.nmf import split_missing
-from ..kernels.pooling import max_pool, pool_labels, pool_windows
+from ..kernels.deep import BACKPROP_SOLVERS, apply_backprop_update
+from ..kernels.pooling import pool_labels, pool_windows
 from ..kernels.solvers import canonical_loss
 from ..parallel.blocks import Blocks
 from ..parallel.mapreduce import map_reduce
 from ..parallel.scheduler import scheduler_context
+from ..parallel.tasks import (backprop_task as _backprop_task, deep_forward_task as _deep_forward_task,
+                              energy_task as _energy_task, pool_task as _pool_task)
 from .hierarchical import HierarchicalNMF
 
 
@@ -38,24 +38,7 @@ def _check_int_min(value, name, minimum):
     return int(value)
 
 
-# --------------------------------------------------------------------------- per-block tasks
-
-def _pool_task(S, g, *, pool_size, stride):
-    P, _, _ = max_pool(S, g, pool_size, stride)
-    return P, {}
-
-
-def _flatten_stats(stats):
-    """Kernel stats (nested) → a flat dict of arrays that ``add_stats`` can sum."""
-    flat = {"energy": np.asarray(stats["energy"], dtype=np.float64)}
-    for l, st in enumerate(stats["A"]):
-        for key, v in st.items():
-            flat[f"A{l}/{key}"] = v
-    if stats.get("B") is not None:
-        for key, v in stats["B"].items():
-            flat[f"B/{key}"] = v
-    return flat
-
+# --------------------------------------------------------------------------- per-block stats (tasks: parallel/tasks.py)
 
 def _unflatten_stats(flat, n_layers):
     A = [{} for _ in range(n_layers)]
@@ -67,32 +50,6 @@ def _unflatten_stats(flat, n_layers):
         elif key.startswith("B/"):
             B[key[2:]] = v
     return {"A": A, "B": B or None, "energy": flat["energy"]}
-
-
-def _backprop_task(X, W, y, g, S_list, *, As, B, lam, label_loss, solver, pool_size, stride):
-    X, W = split_missing(X, W)  # NaN entries of dense X are missing: into the mask the kernels take
-    S_new, stats = backprop_chunk_step(
-        X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
-        B=B, y=y if B is not None else None, lam=lam, label_loss=label_loss, solver=solver,
-    )
-    return S_new, _flatten_stats(stats)
-
-
-def _energy_task(X, W, y, g, S_list, *, As, B, lam, label_loss, pool_size, stride):
-    X, W = split_missing(X, W)
-    parts = energy_parts(X, list(S_list), list(As), groups=g, pool_size=pool_size, stride=stride, observed=W,
-                         B=B, y=y if B is not None else None, lam=lam, label_loss=label_loss)
-    return None, {"energy": parts}
-
-
-def _deep_forward_task(X, g, *, As, layer, pool_size, stride):
-    """Exact forward pass S(0) = q(A0, X), S(l) = q(A(l), p(S(l−1))) of a block, up to ``layer``."""
-    S = X
-    for l, A in enumerate(As[: layer + 1]):
-        if l > 0:
-            S, _, g = max_pool(S, g, pool_size, stride)
-        S = nnls_rows_missing(S, A)  # NaN (missing) entries of X are left out of the fit
-    return S.astype(X.dtype, copy=False), {}  # solved in float64, returned in the input's dtype
 
 
 def _pooled_groups(g, pool_size, stride):

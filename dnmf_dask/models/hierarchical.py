@@ -16,13 +16,14 @@ from sklearn.base import ClassifierMixin
 from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.nmf import semi_block_step, semi_update_A
-from ..kernels.masked import nnls_rows_missing
+from ..kernels.nmf import semi_update_A
 from ..parallel.blocks import Blocks
 from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
 from ..parallel.mu import fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
+from ..parallel.tasks import (forward_task as _forward_task, layers_score_task as _score_task, recon_task as _recon_task,
+                              semi_stats_task as _semi_stats_task)
 from .base import BaseFactorization, check_rank_fits, data_summary, seed_from
 from ..kernels.solvers import canonical_loss
 from .nmf import check_solver_supports_mask, solver_options, validate_solver_params
@@ -40,36 +41,6 @@ def check_ranks(ranks, name="ranks"):
     for r in ranks:
         check_positive_int(r, name)
     return tuple(int(r) for r in ranks)
-
-
-def _forward_task(X, *, As, layer):
-    """Exact forward pass S(l) = q(A(l), S(l−1)) (NNLS) of a block, up to ``layer``."""
-    S = X
-    for A in As[: layer + 1]:
-        S = nnls_rows_missing(S, A)  # NaN (missing) entries of X are left out of the fit
-    return S.astype(X.dtype, copy=False), {}  # solved in float64, returned in the input's dtype
-
-
-def _score_task(X, *, As):
-    """||X − S_L (A0 … AL)ᵀ||² of a block, S_L by the exact forward pass (X never densified)."""
-    S, _ = _forward_task(X, As=As, layer=len(As) - 1)
-    P = As[0]
-    for A in As[1:]:
-        P = P @ A
-    return _recon_task(X, S.astype(np.float64), P=P)
-
-
-def _semi_stats_task(X, S):
-    _, st = semi_block_step(X, S, np.zeros((X.shape[1], S.shape[1]), S.dtype), update_S=False)
-    return None, st
-
-
-def _recon_task(X, S, *, P):
-    """||X − S Pᵀ||² and ||X||² of a block (P = A0 … Al)."""
-    from ..kernels.nmf import block_step
-
-    _, st = block_step(X, S, P, update_S=False)
-    return None, {"loss_X": st["loss_X"], "norm_X": st["norm_X"]}
 
 
 class HierarchicalNMF(ClassifierMixin, BaseFactorization):

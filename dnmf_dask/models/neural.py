@@ -19,11 +19,13 @@ import scipy.sparse as sp
 from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.neural import LABEL_LOSSES, BlockPass, chunk_cost_grad, fit_classifier
+from ..kernels.neural import LABEL_LOSSES, BlockPass, fit_classifier
 from ..kernels.solvers import canonical_loss
 from ..parallel.mapreduce import map_reduce, one_blas_thread
 from .. import progress
 from ..parallel.scheduler import scheduler_context
+from ..parallel.tasks import cost_grad_task as _cost_grad_task
+from ..parallel.tasks import neural_block_stats as _block_stats
 from ..store.checkpoint import rng_from_json, rng_state_to_json
 from .base import data_summary, seed_from
 from .hierarchical import HierarchicalNMF, check_ranks
@@ -37,29 +39,6 @@ MAX_RELATIVE_STEP = 0.25
 #: with n_init > 1, start r ≥ 1 multiplies every entry of the initial factors (and B) by
 #: exp(INIT_JITTER · z), z ~ N(0, 1) from its own stream of the seed
 INIT_JITTER = 0.1
-
-
-def _cost_grad_task(X, y, *, As, B, lam, cost, label_loss):
-    """The block's cost, gradients and statistics (a dask task's output: None, the statistics)."""
-    res = chunk_cost_grad(X, list(As), B, y, lam, cost, label_loss=label_loss, return_S=True)
-    return None, _block_stats(res, y)
-
-
-def _block_stats(res, y):
-    """The statistics dict of one block from its :func:`chunk_cost_grad` result ``res``."""
-    c, gA, gB, ex = res
-    st = {"cost": c, "recon_sq": ex["recon_sq"], "x_sq": ex["x_sq"], "label_loss": ex["label_loss"],
-          "n_labeled": ex["n_labeled"], "n_correct": ex["n_correct"]}
-    for l, g in enumerate(gA):
-        st[f"gA{l}"] = np.asarray(g, dtype=np.float64)
-    if gB is not None:
-        st["gB"] = np.asarray(gB, dtype=np.float64)
-        lab = np.flatnonzero(y >= 0) if y is not None else np.zeros(0, dtype=np.int64)
-        # the labeled rows' last-layer codes (lists concatenate in the tree reduction, in block
-        # order): the driver refits B to them without another pass over X
-        st["SL_lab"] = [np.asarray(ex["S"][-1][lab], dtype=np.float64)]
-        st["y_lab"] = [np.asarray(y[lab], dtype=np.int64)]
-    return st
 
 
 def _in_memory_block(blocks, info):

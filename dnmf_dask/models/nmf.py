@@ -8,32 +8,15 @@ from sklearn.base import ClassifierMixin
 from .._validation import check_choice, check_matrix, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.nmf import block_step, transform_block
-from ..kernels.solvers import DATA_LOSSES, LABEL_LOSSES, LOSS_ALIASES, SOLVERS, canonical_loss, transform_block_general
+from ..kernels.solvers import DATA_LOSSES, LABEL_LOSSES, LOSS_ALIASES, SOLVERS, canonical_loss
 from ..parallel.init import nndsvd_init, random_init
 from ..parallel.mapreduce import map_reduce
 from ..parallel.mu import SolverOptions, fit_mu, init_B_lstsq
 from ..parallel.scheduler import scheduler_context
+from ..parallel.tasks import nmf_score_task as _score_task, nmf_transform_task as _transform_task
 from .base import BaseFactorization, check_rank_fits, data_summary, seed_from
 
 import dask
-
-
-def _transform_task(X, W, *, A, scale, max_iter, tol, dtype, opts=None):
-    S0 = np.full((X.shape[0], A.shape[1]), scale, dtype=dtype)
-    if opts is None:
-        S, _ = transform_block(X, A, S0, max_iter=max_iter, tol=tol, W=W)
-    else:
-        S, _ = transform_block_general(X, A, S0, max_iter=max_iter, tol=tol, W=W, loss=opts.loss,
-                                       solver=opts.solver, l1_S=opts.l1_S, l2_S=opts.l2_S)
-    return S, {}
-
-
-def _score_task(X, W, *, A, **transform_kw):
-    """||W⊙(X − S Aᵀ)||² of a block for its S from :func:`_transform_task` (one pass, X never densified)."""
-    S, _ = _transform_task(X, W, A=A, **transform_kw)
-    _, st = block_step(X, S, A, W=W, update_S=False)
-    return None, {"loss_X": st["loss_X"]}
 
 
 def solver_options(est, n_samples, n_features):

@@ -17,6 +17,15 @@ Two things the library decides from the workers it runs on:
   43.6 ns/nz of CPU and 255 MB peak RSS against distributed's 67.3 ns/nz and 179 MB), so the
   setting is only applied to workers with at least :data:`HEAP_MALLOC_MIN_LIMIT` of memory;
   small workers (out-of-core runs) keep distributed's settings.
+* small workers (under :data:`HEAP_MALLOC_MIN_LIMIT`) also run without numba
+  (:data:`SMALL_WORKER_ENV`): importing numba, defining the compiled kernels of
+  :mod:`dnmf_dask.kernels.fused` and loading them from the on-disk cache took a worker process
+  from ~95 to ~235 MB (measured, BENCHMARKS.md "Out of core"), a third of a 400 MB worker and
+  all of its headroom under distributed's 70% spill threshold; every result then went to disk
+  and back. Without it the tasks run the numpy/scipy kernels, which the tests compare the
+  compiled ones with: on a 4,900-row out-of-core block of 2M nonzeros the batched numpy NNLS
+  forward and gradient cost ~0.18 s of CPU against 0.14 s compiled; the fused KL sweep is lost
+  too (~2x the CPU of a KL pass). A ``DNMF_DASK_NUMBA`` set in this process's environment wins.
 """
 
 from __future__ import annotations
@@ -33,6 +42,10 @@ WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOL
 
 #: workers with a smaller memory_limit keep distributed's malloc settings (see the module docstring)
 HEAP_MALLOC_MIN_LIMIT = 2**30
+
+#: environment of worker processes with a memory_limit under HEAP_MALLOC_MIN_LIMIT (see the module
+#: docstring): no numba, the numpy/scipy kernels
+SMALL_WORKER_ENV = {"DNMF_DASK_NUMBA": "0"}
 
 #: a block's in-memory size is kept under this share of a worker thread's memory_limit (a pass's
 #: working set is a few times the block: compressed and decoded buffers, a float64 copy for
@@ -53,11 +66,28 @@ def worker_environ() -> dict:
 
 
 @contextlib.contextmanager
+def small_worker_config():
+    """Context in which workers spawned by a Nanny get :data:`SMALL_WORKER_ENV` (distributed's
+    ``nanny.environ``, set inside each worker process at its start; this process's environment is
+    left alone), except for variables already set in this process's environment."""
+    env = {k: v for k, v in SMALL_WORKER_ENV.items() if k not in os.environ}
+    if not env:
+        yield
+        return
+    import distributed  # noqa: F401  (its config defaults are loaded on import)
+
+    current = dict(dask.config.get("distributed.nanny.environ", {}) or {})
+    with dask.config.set({"distributed.nanny.environ": {**current, **env}}):
+        yield
+
+
+@contextlib.contextmanager
 def worker_malloc_config(memory_limit="auto"):
     """Context in which workers spawned by a Nanny (e.g. a ``LocalCluster``) get :func:`worker_environ`.
 
     ``memory_limit``: the workers' limit as given to the cluster (bytes, a string like "400MB",
-    "auto", None or 0 = no limit); below :data:`HEAP_MALLOC_MIN_LIMIT` nothing is changed.
+    "auto", None or 0 = no limit); below :data:`HEAP_MALLOC_MIN_LIMIT` the malloc settings are
+    left alone and the workers get :func:`small_worker_config` instead.
 
     The nanny reads these variables from this process's ``os.environ`` first, and copies its
     settings there when it spawns a worker (so after any earlier cluster ``os.environ`` holds
@@ -69,7 +99,8 @@ def worker_malloc_config(memory_limit="auto"):
 
         memory_limit = parse_bytes(memory_limit)
     if isinstance(memory_limit, (int, float)) and 0 < memory_limit < HEAP_MALLOC_MIN_LIMIT:
-        yield
+        with small_worker_config():
+            yield
         return
     env = worker_environ()
     defaults = {"MALLOC_TRIM_THRESHOLD_": "65536"}

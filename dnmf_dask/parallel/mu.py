@@ -15,10 +15,15 @@ from .. import progress
 from ..kernels.nmf import block_step, semi_block_step, semi_update_A, update_factor
 from ..kernels.solvers import general_block_step, penalty, update_A, update_B
 from .blocks import Blocks
-from .mapreduce import add_stats, map_reduce, one_blas_thread, submit_map_reduce
+from .mapreduce import add_stats, compact_stats, map_reduce, one_blas_thread, submit_map_reduce
 
 
 def _mu_task(X, S, y, W, *, A, AtA, B, lam, update_S, semi, opts=None):
+    S_new, stats = _mu_step(X, S, y, W, A=A, AtA=AtA, B=B, lam=lam, update_S=update_S, semi=semi, opts=opts)
+    return S_new, compact_stats(stats)  # XᵀS of a float32 block travels as float32 (exactly)
+
+
+def _mu_step(X, S, y, W, *, A, AtA, B, lam, update_S, semi, opts=None):
     if opts is not None:
         return general_block_step(X, S, A, B=B, y=y, lam=lam, W=W, update_S=update_S, AtA=AtA,
                                   loss=opts.loss, label_loss=opts.label_loss, solver=opts.solver,

@@ -2,6 +2,7 @@
 
     python pipelines/bench/bench_out_of_core.py                         # ~4.2 GB decoded corpus, 2 workers x 400 MB
     python pipelines/bench/bench_out_of_core.py --nnz 5e7 --memory-limit 400MB   # quick check (not out of core)
+    python pipelines/bench/bench_out_of_core.py --store /work/ooc_store/corpus.zarr --iters 3 --epochs 1   # reuse a written store
 
 What it does, in one process run:
 
@@ -203,11 +204,13 @@ def worker_events(client, pids_before):
     logs = client.get_worker_logs()
     nanny_logs = client.get_worker_logs(nanny=True)
     text = lambda L: [m for _, m in L]  # noqa: E731
-    out = {"paused": 0, "unmanaged_high": 0, "spilled_bytes": 0, "spill_writes": 0, "restarts": 0}
-    for msgs in logs.values():
-        for m in text(msgs):
-            out["paused"] += "Pausing worker" in m
-            out["unmanaged_high"] += "Unmanaged memory use is high" in m
+    out = {"paused": 0, "unmanaged_high": 0, "spilled_bytes": 0, "spill_writes": 0, "restarts": 0, "per_worker": {}}
+    for addr, msgs in logs.items():
+        w = out["per_worker"].setdefault(addr, {})
+        w["paused"] = sum("Pausing worker" in m for m in text(msgs))
+        w["unmanaged_high"] = sum("Unmanaged memory use is high" in m for m in text(msgs))
+        out["paused"] += w["paused"]
+        out["unmanaged_high"] += w["unmanaged_high"]
     for msgs in nanny_logs.values():
         for m in text(msgs):
             out["restarts"] += ("Restarting worker" in m) or ("exceeded" in m and "memory budget" in m)
@@ -223,9 +226,10 @@ def worker_events(client, pids_before):
         return c, b
 
     try:
-        for c, b in client.run(disk_writes).values():
+        for addr, (c, b) in client.run(disk_writes).items():
             out["spill_writes"] += int(c)
             out["spilled_bytes"] += int(b)
+            out["per_worker"].setdefault(addr, {}).update(spill_writes=int(c), spilled_bytes=int(b))
     except Exception as e:  # pragma: no cover - a worker died
         out["error"] = repr(e)
     pids_now = client.run(os.getpid)
@@ -276,14 +280,38 @@ def timed_fit(model, X, word):
     return (float(np.median(d)) if d.size else float("nan")), total, d.tolist()
 
 
+@contextlib.contextmanager
+def timed_passes(module):
+    """Seconds of every ``map_reduce`` pass the estimator in ``module`` runs (a NeuralNMF epoch is
+    one pass per Armijo trial: the comparable unit to floor (c))."""
+    real, times = module.map_reduce, []
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return real(*a, **kw)
+        finally:
+            times.append(time.perf_counter() - t0)
+
+    module.map_reduce = timed
+    try:
+        yield times
+    finally:
+        module.map_reduce = real
+
+
 def report_phase(name, watch, limit, client, pids, res):
     peaks = watch.reset()
     ev = worker_events(client, pids)
     mx = max(peaks.values())
-    res[name].update({"peak_rss": peaks, "peak_frac": mx / limit, "events": ev})
-    per = ", ".join(f"{p / 1e6:.0f} MB" for p in peaks.values())
-    print(f"  peak RSS per worker: {per} (limit {limit / 1e6:.0f} MB; max {mx / limit:.0%} of it)")
-    print(f"  worker events so far: {ev}")
+    res[name].update({"peak_rss": peaks, "peak_frac": mx / limit, "events": ev, "load": os.getloadavg()})
+    print(f"  load average {os.getloadavg()}")
+    for a, p in peaks.items():
+        w = ev["per_worker"].get(a, {})
+        print(f"  worker {a}: peak RSS {p / 1e6:.0f} MB ({p / limit:.0%} of {limit / 1e6:.0f} MB); so far paused "
+              f"{w.get('paused', '?')}x, spilled {w.get('spilled_bytes', 0) / 1e6:.1f} MB in {w.get('spill_writes', 0)} writes, "
+              f"high-unmanaged warnings {w.get('unmanaged_high', '?')}")
+    print(f"  worker events so far (all workers): { {k: v for k, v in ev.items() if k != 'per_worker'} }")
 
 
 def main(argv=None):
@@ -315,7 +343,11 @@ def main(argv=None):
     # the library's choice of the workers' malloc settings for this memory_limit
     with worker_malloc_config(limit), LocalCluster(n_workers=args.workers, threads_per_worker=args.threads, processes=True, memory_limit=limit,
                       dashboard_address=None, host="127.0.0.1") as cl, Client(cl) as client:
-        client.run(lambda: __import__("dnmf_dask.models"))  # import cost out of the timings
+        # import cost out of the timings: what the fits' tasks import (the task functions and the
+        # store's block reader), not the estimators (scikit-learn), which workers never need
+        client.run(lambda: [__import__(m) for m in ("dnmf_dask.parallel.tasks", "dnmf_dask.parallel.mu", "dnmf_dask.store.corpus")])
+        res["worker_rss_start"] = client.run(lambda: __import__("psutil").Process().memory_info().rss)
+        print("worker RSS after imports: " + ", ".join(f"{r / 1e6:.0f} MB" for r in res["worker_rss_start"].values()))
         watch = MemoryWatch(client, args.sample).start()
         pids = dict(watch.pids)
         try:
@@ -340,10 +372,17 @@ def main(argv=None):
                       f"load {os.getloadavg()[0]:.2f}")
                 nn = NeuralNMF(ranks, init="random", epochs=args.epochs, tol=0, random_state=args.seed, scheduler=client,
                                verbose=1)
-                per_ep, total, eps = timed_fit(nn, open_corpus(c.path), "NeuralNMF")
+                import dnmf_dask.models.neural as neural_module
+
+                with timed_passes(neural_module) as passes:
+                    per_ep, total, eps = timed_fit(nn, open_corpus(c.path), "NeuralNMF")
                 h = nn.history_
+                per_pass = float(np.median(passes)) if passes else float("nan")
                 res["neural"] = {"s_per_epoch": per_ep, "fit_s": total, "intervals": eps, "cost": h["cost"],
+                                 "step": h["step"], "passes_s": passes, "s_per_pass": per_pass,
                                  "rel_error": h["rel_error"][-1], "n_iter": nn.n_iter_, "stop_reason": nn.stop_reason_}
+                print(f"  {len(passes)} passes over X (initial evaluation + Armijo trials), median {per_pass:.1f} s = "
+                      f"{per_pass / fc:.1f}x floor (c) per pass; steps {h['step']}")
                 print(f"  {per_ep:.1f} s/epoch (intervals {['%.1f' % t for t in eps]}) = {per_ep / fc:.1f}x floor (c); fit {total:.1f} s; rel.err {h['rel_error'][0]:.4f} -> "
                       f"{h['rel_error'][-1]:.4f}; stop {nn.stop_reason_}")
                 report_phase("neural", watch, limit, client, pids, res)
