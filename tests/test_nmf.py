@@ -102,6 +102,24 @@ def test_nndsvd_of_sparse_x_equals_that_of_dense_x(rng):
     assert _rel(a.A_[0], b.A_[0]) < 1e-10
 
 
+def test_randomized_nndsvd_of_large_float32_counts(rng):
+    """Above GRAM_SVD_MAX_FEATURES the SVD is randomized with power iterations; on float32 data
+    with a large leading singular value (here ~3e4) the sketch must not overflow (dask's default
+    power iterator did: s^15 > 3e38, then 'SVD did not converge'), and the init must be the
+    float64 data's."""
+    from dnmf_dask.parallel.init import GRAM_SVD_MAX_FEATURES
+
+    import scipy.sparse as sp
+
+    X = sp.random(300, GRAM_SVD_MAX_FEATURES + 52, density=0.05, random_state=1, format="csr") * 1000.0
+    X.data = np.round(X.data) + 1.0
+    kw = dict(init="nndsvda", max_iter=1, tol=0, random_state=0, scheduler="synchronous", chunk_rows=100)
+    a = dd.NMF(5, **kw).fit(X.astype(np.float32))
+    b = dd.NMF(5, **kw).fit(X)
+    assert np.isfinite(a.A_[0]).all() and a.A_[0].dtype == np.float32
+    assert _rel(a.A_[0], b.A_[0]) < 1e-3
+
+
 def test_tol_stops_and_reports(rng):
     X = _data(rng)
     m = dd.NMF(3, max_iter=500, tol=1e-3, random_state=0, scheduler="threads").fit(X)

@@ -60,7 +60,11 @@ def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
         Xd = _sparse_dask(blocks)
     else:  # missing entries (NaN) count as 0 for the initial SVD
         Xd = blocks.to_dask(blocks.X, blocks.n_features, blocks.dtype).map_blocks(np.nan_to_num)
-    u, s, vt = da.linalg.svd_compressed(Xd, k, n_power_iter=n_power_iter, seed=seed, compute=False)
+    # iterator="QR" re-orthonormalises after every product: dask's default "power" iterator
+    # multiplies by (X Xᵀ)^n_power_iter before one QR, which overflows float32 once
+    # s_max^(2 n_power_iter + 1) > 3e38 (s_max ≈ 1e4 for a 5,000-row count block) and then the
+    # SVD of the NaN-filled sketch raised "SVD did not converge"
+    u, s, vt = da.linalg.svd_compressed(Xd, k, n_power_iter=n_power_iter, seed=seed, compute=False, iterator="QR")
     upn = da.sqrt((da.maximum(u, 0) ** 2).sum(axis=0))
     unn = da.sqrt((da.minimum(u, 0) ** 2).sum(axis=0))
     s, vt, upn, unn = dask.compute(s, vt, upn, unn)
