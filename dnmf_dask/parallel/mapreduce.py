@@ -119,7 +119,7 @@ def shared(value, prefix="shared"):
     return dask.delayed(value, name=f"{prefix}-{uuid.uuid4().hex}")
 
 
-def map_reduce(func, per_block, *, keep_outputs=True, consume=False, **shared_kwargs):
+def map_reduce(func, per_block, *, keep_outputs=True, **shared_kwargs):
     """Run ``func(*per_block[i], **shared_kwargs)`` for every block and reduce the stats.
 
     Parameters
@@ -129,11 +129,6 @@ def map_reduce(func, per_block, *, keep_outputs=True, consume=False, **shared_kw
         Per-block positional arguments (Delayed blocks, numpy slices, None).
     keep_outputs : bool
         Persist and return the per-block outputs (else they are dropped).
-    consume : bool
-        Empty ``per_block`` (and drop this function's references to the inputs) once the pass is
-        submitted, so that a distributed scheduler frees each input (e.g. the previous
-        iteration's S block) as soon as its task has run, instead of holding the old and the new
-        per-block outputs together for the whole pass. The caller must hold no other reference.
     shared_kwargs :
         Keyword arguments common to all blocks; numpy arrays are wrapped with :func:`shared`.
 
@@ -150,9 +145,6 @@ def map_reduce(func, per_block, *, keep_outputs=True, consume=False, **shared_kw
     with one_blas_thread():
         if keep_outputs:
             outputs, total = dask.persist(outputs, total)
-            if consume:  # the persisted graphs hold the inputs until their tasks are done
-                per_block.clear()
-                del tasks
             return list(outputs), _widened(total.compute())
         return None, _widened(total.compute())
 
