@@ -119,6 +119,15 @@ def shared(value, prefix="shared"):
     return dask.delayed(value, name=f"{prefix}-{uuid.uuid4().hex}")
 
 
+def _block_tasks(func, per_block, shared_kwargs):
+    """One ``func(*per_block[i], **shared_kwargs)`` task per block (nout=2: output, stats), the
+    numpy arrays among ``shared_kwargs`` wrapped once with :func:`shared`."""
+    kw = {k: (shared(v, k) if isinstance(v, np.ndarray) else v) for k, v in shared_kwargs.items()}
+    name = getattr(func, "__name__", "block")
+    return [dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=f"{name}-{uuid.uuid4().hex}")
+            for args in per_block]
+
+
 def map_reduce(func, per_block, *, keep_outputs=True, **shared_kwargs):
     """Run ``func(*per_block[i], **shared_kwargs)`` for every block and reduce the stats.
 
@@ -137,9 +146,7 @@ def map_reduce(func, per_block, *, keep_outputs=True, **shared_kwargs):
     outputs : list of Delayed (persisted) or None
     stats : dict (computed, on the driver)
     """
-    kw = {k: (shared(v, k) if isinstance(v, np.ndarray) else v) for k, v in shared_kwargs.items()}
-    name = getattr(func, "__name__", "block")
-    tasks = [dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=f"{name}-{uuid.uuid4().hex}") for args in per_block]
+    tasks = _block_tasks(func, per_block, shared_kwargs)
     outputs = [t[0] for t in tasks]
     total = tree_sum([t[1] for t in tasks])
     with one_blas_thread():
@@ -166,10 +173,7 @@ def submit_map_reduce(func, per_block, *, finish, finish_kwargs=None, finish_ite
     submit the next pass, which takes them as inputs, before it has the results of this one;
     in-process schedulers compute the pass here.
     """
-    kw = {k: (shared(v, k) if isinstance(v, np.ndarray) else v) for k, v in shared_kwargs.items()}
-    name = getattr(func, "__name__", "block")
-    tasks = [dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=f"{name}-{uuid.uuid4().hex}")
-             for args in per_block]
+    tasks = _block_tasks(func, per_block, shared_kwargs)
     root = dask.delayed(finish, pure=False)(
         *_tree_levels([t[1] for t in tasks], FAN_IN), **(finish_kwargs or {}),
         dask_key_name=f"{getattr(finish, '__name__', 'finish')}-{uuid.uuid4().hex}")
