@@ -104,6 +104,27 @@ def _check_inputs(X, A_list):
     return X, As, dt
 
 
+def _check_model(A_list, X, y, B, lam):
+    """Factors, classifier and labels for the checked data ``X``: ``(As, B, y, labeled, dt)``
+    with every factor (and B) in the common floating dtype ``dt`` (X is to be converted to it)."""
+    As = _check_factors(A_list, X.shape[1])
+    dt = _float_dtype(X.dtype, *[A.dtype for A in As])
+    y, B, labeled = _check_labels(y, B, lam, X.shape[0], As[-1].shape[1], dt)
+    if B is not None and B.dtype != dt:
+        dt = np.result_type(dt, B.dtype)
+    return [np.asarray(A, dtype=dt) for A in As], B, y, labeled, dt
+
+
+def _check_cost(cost, label_loss):
+    """Check ``cost``; return ``label_loss`` by its canonical name (checked)."""
+    if cost not in COSTS:
+        raise DNMFValueError(f"cost: expected one of {COSTS}, found {cost!r}")
+    label_loss = canonical_loss(label_loss)
+    if label_loss not in LABEL_LOSSES:
+        raise DNMFValueError(f"label_loss: expected one of {LABEL_LOSSES}, found {label_loss!r}")
+    return label_loss
+
+
 def _check_factors(A_list, n_features):
     """The factors as 2-D finite arrays whose shapes chain from ``n_features`` rows (unconverted)."""
     if isinstance(A_list, np.ndarray) or not isinstance(A_list, (list, tuple)):
@@ -345,23 +366,13 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
         ``"n_labeled"`` number of labeled rows, ``"n_correct"`` labeled rows whose
         ``argmax(S[L] @ B.T)`` equals the label (0 without B), ``"n_rows"`` rows of the block.
     """
-    if cost not in COSTS:
-        raise DNMFValueError(f"cost: expected one of {COSTS}, found {cost!r}")
-    label_loss = canonical_loss(label_loss)
-    if label_loss not in LABEL_LOSSES:
-        raise DNMFValueError(f"label_loss: expected one of {LABEL_LOSSES}, found {label_loss!r}")
+    label_loss = _check_cost(cost, label_loss)
     if not isinstance(return_S, (bool, np.bool_)):
         raise DNMFTypeError(f"return_S: expected a bool, found {type(return_S).__name__}")
-    X, As, dt = _check_inputs(X, A_list)
-    n = X.shape[0]
-    kL = As[-1].shape[1]
-    y, B, labeled = _check_labels(y, B, lam, n, kL, dt)
-    if B is not None and B.dtype != dt:
-        dt = np.result_type(dt, B.dtype)
-        X = X.astype(dt, copy=False)
-        As = [A.astype(dt, copy=False) for A in As]
-    return _cost_grad(X, As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
-                      _check_warm(S0, n, As))
+    X = _as_data_2d("X", X)
+    As, B, y, labeled, dt = _check_model(A_list, X, y, B, lam)
+    return _cost_grad(X.astype(dt, copy=False), As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
+                      _check_warm(S0, X.shape[0], As))
 
 
 def _cost_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, return_S, P0, x_sq=None,
@@ -543,11 +554,7 @@ class BlockPass:
     """
 
     def __init__(self, X, y=None, lam=0.0, cost="reconstruction", label_loss="frobenius", *, layer_energies=True):
-        if cost not in COSTS:
-            raise DNMFValueError(f"cost: expected one of {COSTS}, found {cost!r}")
-        label_loss = canonical_loss(label_loss)
-        if label_loss not in LABEL_LOSSES:
-            raise DNMFValueError(f"label_loss: expected one of {LABEL_LOSSES}, found {label_loss!r}")
+        label_loss = _check_cost(cost, label_loss)
         self._X = {}
         self.X = _as_data_2d("X", X)
         self.x_sq = _sqnorm(self.X)
@@ -563,14 +570,8 @@ class BlockPass:
 
     def __call__(self, A_list, B=None):
         """``(cost, grads, grad_B, extras)`` at ``A_list`` and ``B`` (see :func:`chunk_cost_grad`)."""
-        As = _check_factors(A_list, self.X.shape[1])
-        dt = _float_dtype(self.X.dtype, *[A.dtype for A in As])
-        n = self.X.shape[0]
-        y, B, labeled = _check_labels(self.y, B, self.lam, n, As[-1].shape[1], dt)
-        if B is not None and B.dtype != dt:
-            dt = np.result_type(dt, B.dtype)
-        As = [np.asarray(A, dtype=dt) for A in As]
-        P0 = _check_warm(self.S, n, As)
+        As, B, y, labeled, dt = _check_model(A_list, self.X, self.y, B, self.lam)
+        P0 = _check_warm(self.S, self.X.shape[0], As)
         out = _cost_grad(self._X_as(dt), As, B, y, labeled, float(self.lam), self.cost, self.label_loss, dt,
                          None, True, P0, x_sq=self.x_sq, layer_energies=self.layer_energies)
         self.S = out[3]["S"]
