@@ -51,6 +51,7 @@ def _fused_frobenius(X, S):
         from . import fused
     return fused if fused.FROBENIUS and fused.usable(X, S) else None
 
+
 def _safe_ratio(num, den):
     den = np.where(den == 0, EPS, den)
     return num / den

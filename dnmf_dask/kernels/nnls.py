@@ -61,6 +61,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
+from dnmf_dask.kernels._env import fused_module as _fused
 
 __all__ = ["nnls", "nnls_gram", "solve_passive"]
 
@@ -80,21 +81,6 @@ _ELIM_MAX_DIM = 14
 _SCHUR_MAX_COND = 1e7
 #: Kim & Park's number of full exchanges allowed without progress before the backup rule.
 _P_BAR = 3
-
-
-_FUSED = None
-
-
-def _fused():
-    """The compiled kernels' module, imported on first use (numba stays out of the import of
-    this module) and then held: a function-level ``from . import fused`` costs ~15 µs per call
-    in importlib, and the solves of one Neural NMF pass on Table 1 call it ~6 times."""
-    global _FUSED
-    if _FUSED is None:
-        from . import fused
-
-        _FUSED = fused
-    return _FUSED
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ._env import fused_module as _fused
 from .nmf import EPS, _mu, gram_den, one_hot, split_missing
 
 #: float64 machine epsilon: A entries below it are set to 0 after a KL update (as scikit-learn)
@@ -287,14 +288,6 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
     if labeled is not None:
         stats.update(label_stats(Y, labeled, S_new, B, label_loss))
     return S_new, stats
-
-
-def _fused():
-    """:mod:`~dnmf_dask.kernels.fused`, imported on first use: it imports numba (~50 MB of a
-    worker process), which the Frobenius updates do not need."""
-    from . import fused
-
-    return fused
 
 
 def _kl_fused(X, S, A, cX, update_S, a_stats, l1_S, l2_S, num_L, den_L):
