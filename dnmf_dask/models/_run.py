@@ -54,6 +54,20 @@ def make_checkpointer(estimator, checkpoint, checkpoint_every, resume, blocks, y
     return Checkpointer(checkpoint, every, estimator_meta(estimator, data_fingerprint(blocks, y, blocking_matters(estimator))))
 
 
+def mu_saver(ck, phase, A_name):
+    """The ``checkpoint`` callback of :func:`~dnmf_dask.parallel.mu.fit_mu` for ``ck`` (None
+    without a checkpointer): saves A (as ``A_name``), B, the S blocks and the history under
+    ``phase`` at the iterations ``ck`` is due."""
+    if ck is None:
+        return None
+
+    def save(it, S, A, B, hist):
+        if ck.due(it):
+            return ck.save(phase=phase, iteration=it, arrays={A_name: A, "B": B}, S_blocks=S, state={"history": hist})
+        return None
+    return save
+
+
 def resume_point(ck, resume, phases):
     """The checkpoint to resume from (or None), checking it was written by one of ``phases``."""
     if ck is None or not resume:

@@ -160,7 +160,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
         S blocks (``forward_S``) and the data blocks each layer was fitted on (``inputs``).
         ``run``: checkpoint options (see :meth:`fit`).
         """
-        from ._run import make_checkpointer, resume_point
+        from ._run import make_checkpointer, mu_saver, resume_point
 
         run = run or {}
         ranks = self._validate_params()
@@ -208,13 +208,7 @@ class HierarchicalNMF(ClassifierMixin, BaseFactorization):
                 S_blocks, A, B0 = self._init_layer(data, l, k, last, seed, summary if l == 0 else None, semi,
                                                    codes_l, n_classes)
             log = (lambda msg, l=l: print(f"{type(self).__name__} layer {l}: {msg}")) if self.verbose else None
-            save = None
-            if ck is not None:
-                def save(it, S, A, B, hist, l=l):
-                    if ck.due(it):
-                        return ck.save(phase=f"layer{l}", iteration=it, arrays={"A": A, "B": B}, S_blocks=S,
-                                       state={"history": hist})
-                    return None
+            save = mu_saver(ck, f"layer{l}", "A")
             opts = solver_options(self, data.n_samples, data.n_features)
             check_solver_supports_mask(opts, data, summary if l == 0 else {})
             res = fit_mu(data, S_blocks, A, B=B0, y=codes_l if B0 is not None else None,

@@ -239,7 +239,7 @@ class NMF(BaseFactorization):
         return S_blocks, A, B
 
     def _fit(self, X, y, *, groups, observed, W, H, return_S, run=None, B_start=None):
-        from ._run import check_warm_start, make_checkpointer, resume_point
+        from ._run import check_warm_start, make_checkpointer, mu_saver, resume_point
 
         run = run or {}
         self._validate_params()
@@ -275,12 +275,7 @@ class NMF(BaseFactorization):
                 else:
                     B = self._init_B(n_classes, seed, blocks.dtype)
             log = (lambda msg: print(f"{type(self).__name__}: {msg}")) if self.verbose else None
-            save = None
-            if ck is not None:
-                def save(it, S, A, B, hist):
-                    if ck.due(it):
-                        return ck.save(phase="mu", iteration=it, arrays={"A0": A, "B": B}, S_blocks=S, state={"history": hist})
-                    return None
+            save = mu_saver(ck, "mu", "A0")
             opts = solver_options(self, blocks.n_samples, blocks.n_features)
             check_solver_supports_mask(opts, blocks, summary)
             res = fit_mu(blocks, S_blocks, A, B=B, y=y_codes, lam=lam, max_iter=self.max_iter, tol=self.tol,
