@@ -300,3 +300,50 @@ def test_float32_and_zero_rows_columns(rng):
     np.testing.assert_allclose(b.A_[0], a.A_[0], rtol=2e-3, atol=1e-5)
     Xi = (X * 10).astype(np.int64)  # integers are converted to float64
     assert dd.NMF(2, max_iter=5, scheduler="threads").fit(Xi).A_[0].dtype == np.float64
+
+
+class _AliveBlocks:
+    """Loader of row blocks that counts how many loaded blocks are alive at once."""
+
+    def __init__(self, X, offsets):
+        self.X, self.offsets, self.alive, self.peak, self.loads = X, offsets, 0, 0, 0
+
+    def _gone(self):
+        self.alive -= 1
+
+    def load(self, i):
+        import weakref
+
+        block = self.X[self.offsets[i] : self.offsets[i + 1]].copy()
+        self.loads += 1
+        self.alive += 1
+        self.peak = max(self.peak, self.alive)
+        weakref.finalize(block, self._gone)
+        return block
+
+
+def test_randomized_nndsvd_streams_x_and_equals_the_in_memory_init(rng):
+    """X not persisted (read from its store every pass): the randomized SVD reads X once per
+    product and lets its blocks go. As one graph it held every block from the first product to
+    the last, and dask's product Qᵀ X after the sketch put all sparse blocks into one task: all
+    of an out-of-core corpus in memory. Same init as with X persisted."""
+    import dask
+    import scipy.sparse as sp
+
+    from dnmf_dask.parallel.blocks import Blocks
+    from dnmf_dask.parallel.init import GRAM_SVD_MAX_FEATURES, nndsvd_init
+
+    X = sp.random(400, GRAM_SVD_MAX_FEATURES + 20, density=0.02, random_state=3, format="csr")
+    offsets = np.arange(0, 401, 50)
+    src = _AliveBlocks(X, offsets)
+    parts = [dask.delayed(src.load, pure=False)(i) for i in range(len(offsets) - 1)]
+    streamed = Blocks(parts, offsets, X.shape[1], np.dtype(np.float64), True)
+    in_memory = Blocks([dask.delayed(X[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)], offsets,
+                       X.shape[1], np.dtype(np.float64), True, persisted=True)
+    with dask.config.set(scheduler="synchronous"):
+        S_a, A_a = nndsvd_init(streamed, 4, 0, float(X.mean()), np.float64, variant="nndsvda")
+        S_b, A_b = nndsvd_init(in_memory, 4, 0, float(X.mean()), np.float64, variant="nndsvda")
+        S_a, S_b = np.vstack(dask.compute(*S_a)), np.vstack(dask.compute(*S_b))
+    assert src.loads > len(parts)  # X was read again for the later products ...
+    assert src.peak <= 2  # ... and never held: at most the block being multiplied and the next
+    assert _rel(A_a, A_b) < 1e-10 and _rel(S_a, S_b) < 1e-10

@@ -9,7 +9,7 @@ import scipy.linalg
 
 from ..kernels.init import NNDSVD_EPS, nndsvd_choice, nndsvd_rows, random_matrix, random_rows
 from .blocks import Blocks
-from .mapreduce import map_reduce
+from .mapreduce import map_reduce, one_blas_thread
 
 
 def random_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype):
@@ -55,6 +55,19 @@ def _exact_svd(blocks: Blocks, k: int):
     return U_blocks, s, V, np.sqrt(st["pos"]), np.sqrt(st["neg"])
 
 
+def _svd_compressed(Xd, k, n_power_iter, seed, stream):
+    """dask's ``svd_compressed(Xd, k, iterator="QR", compute=stream)`` with its one product by X
+    that follows the sketch taken as (Xᵀ Q)ᵀ instead of Qᵀ X: with X's blocks as the right-hand
+    operand and sparse, dask's tensordot concatenates every block of X into a single task (all of
+    the corpus in one task's memory). Same singular triplets, up to rounding."""
+    comp = da.linalg.compression_matrix(Xd, k, iterator="QR", n_power_iter=n_power_iter, seed=seed, compute=stream)
+    if stream:
+        comp = comp.persist()
+    v, s, u = da.linalg.tsqr(Xd.T.dot(comp.T), compute_svd=True)  # (Qᵀ X)ᵀ = V Σ Uᵀ
+    u, v = da.linalg.svd_flip(comp.T.dot(u.T)[:, :k], v.T[:k, :])
+    return u, s[:k], v
+
+
 def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
     if blocks.sparse:
         Xd = _sparse_dask(blocks)
@@ -64,12 +77,23 @@ def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
     # multiplies by (X Xᵀ)^n_power_iter before one QR, which overflows float32 once
     # s_max^(2 n_power_iter + 1) > 3e38 (s_max ≈ 1e4 for a 5,000-row count block) and then the
     # SVD of the NaN-filled sketch raised "SVD did not converge"
-    u, s, vt = da.linalg.svd_compressed(Xd, k, n_power_iter=n_power_iter, seed=seed, compute=False, iterator="QR")
-    upn = da.sqrt((da.maximum(u, 0) ** 2).sum(axis=0))
-    unn = da.sqrt((da.minimum(u, 0) ** 2).sum(axis=0))
-    s, vt, upn, unn = dask.compute(s, vt, upn, unn)
-    U_blocks = list(u.rechunk({0: tuple(blocks.sizes.tolist()), 1: -1}).to_delayed().ravel())
-    return U_blocks, s, vt.T, upn, unn
+    # the sketch's QRs and products are small GEMMs: on the threaded scheduler each task calling
+    # multithreaded BLAS beside the other tasks made the init ~15x slower (63 s of task time
+    # instead of 4 on a 6M-nonzero corpus, 2 cores)
+    with one_blas_thread():
+        # X streamed from its store (not persisted): compute=True runs each of the 2 n_power_iter + 2
+        # products as its own graph, which reads X once and lets its blocks go. As one graph
+        # (compute=False) the scheduler kept every block of X in memory from the first product to
+        # the last, i.e. all of an out-of-core corpus.
+        u, s, vt = _svd_compressed(Xd, k, n_power_iter, seed, stream=not blocks.persisted)
+        upn = da.sqrt((da.maximum(u, 0) ** 2).sum(axis=0))
+        unn = da.sqrt((da.minimum(u, 0) ** 2).sum(axis=0))
+        # u (n × k, the size of S) is kept with the small results: computed apart from them, the S
+        # blocks made from u ran the whole sketch, all its passes over X, a second time
+        U_blocks = list(u.rechunk({0: tuple(blocks.sizes.tolist()), 1: -1}).to_delayed().ravel())
+        *U_blocks, s, vt, upn, unn = dask.persist(*U_blocks, s, vt, upn, unn)
+        s, vt, upn, unn = dask.compute(s, vt, upn, unn)
+    return list(U_blocks), s, vt.T, upn, unn
 
 
 def nndsvd_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype, variant="nndsvd", n_power_iter=7):
