@@ -16,7 +16,7 @@ What it does, in one process run:
    worker process's RSS (psutil, every ``--sample`` s) for the whole run.
 3. Floor (c) on that cluster: one task per stored block that reads and decodes it and returns
    its nnz (nothing else), the same tasks and placement freedom as a fit's read.
-4. Fits ``NMF(init="random")`` for ``--iters`` iterations and ``NeuralNMF(init="random",
+4. Fits ``NMF(init=--init)`` (default "random") for ``--iters`` iterations and ``NeuralNMF(init="random",
    solver="pgd")`` for ``--epochs`` epochs straight from the store (``persist="auto"``: the
    library decides; it must not load the corpus), timing each iteration from the estimators'
    own log lines.
@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--per-row", type=float, default=800.0, help="mean draws per row (document length)")
     p.add_argument("--features", type=int, default=20_000)
     p.add_argument("--k", type=int, default=20, help="NMF rank")
+    p.add_argument("--init", default="random", choices=["random", "nndsvd", "nndsvda"],
+                   help="NMF init ('nndsvda', NMF's default, takes a randomized SVD: 2 x 7 + 2 more passes over X)")
     p.add_argument("--ranks", default="20,10", help="NeuralNMF ranks")
     p.add_argument("--iters", type=int, default=4, help="NMF iterations")
     p.add_argument("--epochs", type=int, default=2, help="NeuralNMF pgd iterations")
@@ -358,8 +360,8 @@ def main(argv=None):
             print(f"  {fc:.2f} s per pass ({fc / nnz * 1e9:.2f} ns/nz wall)")
             report_phase("floor_c", watch, limit, client, pids, res)
             if "nmf" not in skip:
-                print(f"\n== NMF(k={args.k}, init='random'), {args.iters} iterations from the store ==  load {os.getloadavg()[0]:.2f}")
-                m = NMF(args.k, init="random", max_iter=args.iters, tol=0, random_state=args.seed, scheduler=client, verbose=1)
+                print(f"\n== NMF(k={args.k}, init={args.init!r}), {args.iters} iterations from the store ==  load {os.getloadavg()[0]:.2f}")
+                m = NMF(args.k, init=args.init, max_iter=args.iters, tol=0, random_state=args.seed, scheduler=client, verbose=1)
                 per_it, total, its = timed_fit(m, open_corpus(c.path), "iteration")
                 res["nmf"] = {"s_per_iter": per_it, "fit_s": total, "intervals": its,
                               "rel_error": m.history_["rel_error"][-1], "n_iter": m.n_iter_}
