@@ -76,3 +76,19 @@ def test_driver_blas_limited_for_a_client_scheduler():
 
     with dask.config.set(scheduler=FakeClient().get), one_blas_thread(driver=True):
         assert _blas_threads(None)[1]["n"][0] == 1
+
+
+def test_blas_limit_shared_by_fits_in_two_threads():
+    """threadpoolctl's limit is process-wide: a fit leaving it must not lift it under a fit still
+    running in another thread, and the last to leave must restore the original threads (not the
+    limit it found when it entered). The two fits' enter / exit order is played in this thread
+    (OpenBLAS does not show a limit set by one Python thread to another after the main thread
+    has set one)."""
+    before = _blas_threads(None)[1]["n"][0]
+    fit_a, fit_b = one_blas_thread(driver=True), one_blas_thread(driver=True)
+    fit_a.__enter__()
+    fit_b.__enter__()
+    fit_a.__exit__(None, None, None)
+    assert _blas_threads(None)[1]["n"][0] == 1  # fit b still runs
+    fit_b.__exit__(None, None, None)
+    assert _blas_threads(None)[1]["n"][0] == before

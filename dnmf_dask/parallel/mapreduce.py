@@ -10,6 +10,7 @@ the next pass. The fixed tree makes the result independent of the scheduler.
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 
 import dask
@@ -17,7 +18,45 @@ import numpy as np
 
 FAN_IN = 8
 
-_blas = None  # threadpoolctl controller, made on first use (it scans the loaded libraries once)
+class _OneBlasThread:
+    """The process-wide BLAS limit of :func:`one_blas_thread`, counted across threads.
+
+    threadpoolctl's limit is process-wide and restores what it found on exit. Two fits entering
+    it from two threads would each restore in turn: the first to leave lifted the limit under the
+    second, and the second then "restored" one thread for the rest of the process. Here the first
+    to enter sets the limit and the last to leave lifts it.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._limit = None
+        self._controller = None  # threadpoolctl controller, made on first use (it scans the loaded libraries once)
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                try:
+                    if self._controller is None:
+                        from threadpoolctl import ThreadpoolController
+
+                        self._controller = ThreadpoolController()
+                    self._limit = self._controller.limit(limits=1, user_api="blas")
+                except Exception:  # pragma: no cover - no BLAS found / threadpoolctl unavailable
+                    self._limit = None
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._limit is not None:
+                self._limit.restore_original_limits()
+                self._limit = None
+        return False
+
+
+_blas = _OneBlasThread()
 
 
 def one_blas_thread(driver=False):
@@ -32,20 +71,13 @@ def one_blas_thread(driver=False):
     driver's own k-column GEMMs (AᵀA, the A update of ``fit_mu``) then run with one thread too.
     With BLAS's default 2 threads, a 20,000 x 20 AᵀA on the driver of a LocalCluster took from
     0.4 ms up to 0.77 s (median 0.58 s per pass in a profile at load 8): the spinning BLAS
-    threads wait for cores the worker processes hold.
+    threads wait for cores the worker processes hold. Fits in several threads of one process
+    share the limit; it is lifted when the last of them leaves it.
     """
-    global _blas
     sched = dask.base.get_scheduler()
     if not driver and sched is not None and not isinstance(sched, type(dask.get)):  # a Client's bound get
         return contextlib.nullcontext()
-    try:
-        if _blas is None:
-            from threadpoolctl import ThreadpoolController
-
-            _blas = ThreadpoolController()
-        return _blas.limit(limits=1, user_api="blas")
-    except Exception:  # pragma: no cover - no BLAS found / threadpoolctl unavailable
-        return contextlib.nullcontext()
+    return _blas
 
 
 #: key of a block's stats dict naming the float64 arrays it carries as float32 (:func:`compact_stats`)
