@@ -1,5 +1,6 @@
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -347,3 +348,41 @@ def test_randomized_nndsvd_streams_x_and_equals_the_in_memory_init(rng):
     assert src.loads > len(parts)  # X was read again for the later products ...
     assert src.peak <= 2  # ... and never held: at most the block being multiplied and the next
     assert _rel(A_a, A_b) < 1e-10 and _rel(S_a, S_b) < 1e-10
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_randomized_svd_matches_numpy_svd(rng, sparse):
+    """The blockwise randomized SVD (one pass over X per power iteration) against numpy's SVD
+    of the whole matrix: a planted rank-6 matrix with a clear gap, above the exact path's width."""
+    import scipy.sparse as sp
+
+    from dnmf_dask.parallel.blocks import as_blocks
+    from dnmf_dask.parallel.init import GRAM_SVD_MAX_FEATURES, _randomized_svd
+
+    n, f, r, k = 230, GRAM_SVD_MAX_FEATURES + 30, 6, 4
+    X = (rng.random((n, r)) * np.geomspace(8, 1, r)) @ rng.random((r, f)) + 1e-3 * rng.random((n, f))
+    if sparse:
+        X[X < np.quantile(X, 0.3)] = 0
+        X = sp.csr_matrix(X)
+    blocks, _ = as_blocks(X, chunk_rows=70)
+    with dask.config.set(scheduler="threads"):
+        U_blocks, s, V, upn, unn = _randomized_svd(blocks, k, 0, 7)
+        U = np.vstack(dask.compute(*U_blocks))
+    U_ref, s_ref, Vt_ref = np.linalg.svd(X.toarray() if sparse else X, full_matrices=False)
+    assert np.allclose(s, s_ref[:k], rtol=1e-9)
+    sign = np.sign(np.sum(V * Vt_ref[:k].T, axis=0))
+    assert np.allclose(V, Vt_ref[:k].T * sign, atol=1e-7)
+    assert np.allclose(U, U_ref[:, :k] * sign, atol=1e-7)
+    assert np.allclose(upn, np.linalg.norm(np.maximum(U, 0), axis=0))
+    assert np.allclose(unn, np.linalg.norm(np.minimum(U, 0), axis=0))
+
+
+def test_randomized_nndsvd_of_x_with_rank_below_k(rng):
+    """X of rank 2 with k = 4 above the exact path's width: the sketch's zero directions are
+    dropped (no division by ~0) and the missing singular pairs are zero; the fit goes on."""
+    from dnmf_dask.parallel.init import GRAM_SVD_MAX_FEATURES
+
+    X = rng.random((120, 2)) @ rng.random((2, GRAM_SVD_MAX_FEATURES + 8))
+    m = dd.NMF(4, init="nndsvda", max_iter=50, tol=0, random_state=0, scheduler="threads").fit(X)
+    assert np.isfinite(m.A_[0]).all() and (m.A_[0] >= 0).all()
+    assert m.history_["rel_error"][-1] < 0.05

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dask
-import dask.array as da
 import numpy as np
 import scipy.linalg
 
 from ..kernels.init import NNDSVD_EPS, nndsvd_choice, nndsvd_rows, random_matrix, random_rows
 from .blocks import Blocks
-from .mapreduce import map_reduce, one_blas_thread
+from .mapreduce import map_reduce
 
 
 def random_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype):
@@ -55,54 +54,71 @@ def _exact_svd(blocks: Blocks, k: int):
     return U_blocks, s, V, np.sqrt(st["pos"]), np.sqrt(st["neg"])
 
 
-def _svd_compressed(Xd, k, n_power_iter, seed, stream):
-    """dask's ``svd_compressed(Xd, k, iterator="QR", compute=stream)`` with its one product by X
-    that follows the sketch taken as (Xᵀ Q)ᵀ instead of Qᵀ X: with X's blocks as the right-hand
-    operand and sparse, dask's tensordot concatenates every block of X into a single task (all of
-    the corpus in one task's memory). Same singular triplets, up to rounding."""
-    comp = da.linalg.compression_matrix(Xd, k, iterator="QR", n_power_iter=n_power_iter, seed=seed, compute=stream)
-    if stream:
-        comp = comp.persist()
-    v, s, u = da.linalg.tsqr(Xd.T.dot(comp.T), compute_svd=True)  # (Qᵀ X)ᵀ = V Σ Uᵀ
-    u, v = da.linalg.svd_flip(comp.T.dot(u.T)[:, :k], v.T[:k, :])
-    return u, s[:k], v
+#: oversampling of the randomized SVD's sketch (Halko et al.; dask's and scikit-learn's default)
+N_OVERSAMPLES = 10
+
+#: directions of the sketch whose Gram eigenvalue is below this share of the largest are dropped
+#: (X of lower rank than the sketch): a Cholesky QR through them would divide by ~0
+SKETCH_RCOND = 1e-10
+
+
+def _sketch_block(X, M):
+    """One block's share of a sketch pass: ``Y_i = X_i M`` (kept by the last pass) and the sums
+    ``X_iᵀ Y_i`` and ``Y_iᵀ Y_i``, both from the one read of the block."""
+    X = X if hasattr(X, "toarray") else np.nan_to_num(X)
+    Y = np.asarray(X @ M, dtype=np.float64)
+    return Y, {"XtY": np.asarray(X.T @ Y, dtype=np.float64), "YtY": Y.T @ Y}
+
+
+def _orthonormalizer(YtY):
+    """T (c × c') with ``Y T`` orthonormal, from Y's Gram (a Cholesky QR through the
+    eigendecomposition, which drops the directions of Y that are numerically zero)."""
+    w, W = np.linalg.eigh(YtY)
+    keep = w > SKETCH_RCOND * max(w[-1], 0.0)
+    return W[:, keep] / np.sqrt(w[keep])
 
 
 def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
-    if blocks.sparse:
-        Xd = _sparse_dask(blocks)
-    else:  # missing entries (NaN) count as 0 for the initial SVD
-        Xd = blocks.to_dask(blocks.X, blocks.n_features, blocks.dtype).map_blocks(np.nan_to_num)
-    # iterator="QR" re-orthonormalises after every product: dask's default "power" iterator
-    # multiplies by (X Xᵀ)^n_power_iter before one QR, which overflows float32 once
-    # s_max^(2 n_power_iter + 1) > 3e38 (s_max ≈ 1e4 for a 5,000-row count block) and then the
-    # SVD of the NaN-filled sketch raised "SVD did not converge"
-    # the sketch's QRs and products are small GEMMs: on the threaded scheduler each task calling
-    # multithreaded BLAS beside the other tasks made the init ~15x slower (63 s of task time
-    # instead of 4 on a 6M-nonzero corpus, 2 cores)
-    with one_blas_thread():
-        # X streamed from its store (not persisted): compute=True runs each of the 2 n_power_iter + 2
-        # products as its own graph, which reads X once and lets its blocks go. As one graph
-        # (compute=False) the scheduler kept every block of X in memory from the first product to
-        # the last, i.e. all of an out-of-core corpus.
-        u, s, vt = _svd_compressed(Xd, k, n_power_iter, seed, stream=not blocks.persisted)
-        upn = da.sqrt((da.maximum(u, 0) ** 2).sum(axis=0))
-        unn = da.sqrt((da.minimum(u, 0) ** 2).sum(axis=0))
-        # u (n × k, the size of S) is kept with the small results: computed apart from them, the S
-        # blocks made from u ran the whole sketch, all its passes over X, a second time
-        U_blocks = list(u.rechunk({0: tuple(blocks.sizes.tolist()), 1: -1}).to_delayed().ravel())
-        *U_blocks, s, vt, upn, unn = dask.persist(*U_blocks, s, vt, upn, unn)
-        s, vt, upn, unn = dask.compute(s, vt, upn, unn)
-    return list(U_blocks), s, vt.T, upn, unn
+    """Top-k SVD of X by Halko et al.'s randomized range finder with a re-orthonormalisation
+    after every product (dask's ``svd_compressed(iterator="QR")``), in ``n_power_iter + 1``
+    map-reduce passes over X's blocks.
+
+    Every pass reads each block once and forms both products with it: ``Y = X M`` (tall, n × c,
+    orthonormalised as ``Q = Y T`` from the summed Gram ``YᵀY``) and ``Xᵀ Q = (Σ X_iᵀ Y_i) T``
+    (small, n_features × c, QR'd on the driver into the next M). The last pass's ``Xᵀ Q`` is
+    ``Bᵀ`` of ``X ≈ Q B``, whose SVD gives s and V; U's blocks are ``Y_i (T W)``. dask's own
+    ``svd_compressed`` reads X twice per power iteration, and on sparse blocks its products
+    concatenate every block of X into one task (dask's tensordot does so for sparse operands);
+    as one graph it also held all of X from the first product to the last.
+    """
+    f = blocks.n_features
+    c = min(k + N_OVERSAMPLES, f, blocks.n_samples)
+    M = np.random.default_rng(seed).standard_normal((f, c))
+    for it in range(n_power_iter + 1):
+        last = it == n_power_iter
+        Y_blocks, st = map_reduce(_sketch_block, [(b,) for b in blocks.X], keep_outputs=last, M=M)
+        T = _orthonormalizer(st["YtY"])
+        XtQ = st["XtY"] @ T
+        if not last:
+            M, _ = np.linalg.qr(XtQ)
+    V, s, Wt = np.linalg.svd(XtQ, full_matrices=False)  # Xᵀ Q = V Σ Wᵀ, so X ≈ Q W Σ Vᵀ
+    V, s, W = V[:, :k], s[:k], Wt.T[:, :k]
+    sign = np.where(V[np.argmax(np.abs(V), axis=0), np.arange(V.shape[1])] < 0, -1.0, 1.0)  # largest |v| positive
+    V, W = V * sign, W * sign
+    if s.size < k:  # X's rank (as the sketch sees it) is below k: zero singular pairs
+        pad = k - s.size
+        V, s, W = np.pad(V, ((0, 0), (0, pad))), np.pad(s, (0, pad)), np.pad(W, ((0, 0), (0, pad)))
+    U_blocks, st = map_reduce(_u_block, [(y,) for y in Y_blocks], V=T @ W, s=np.ones(k))  # U = Q W = Y (T W)
+    return U_blocks, s, V, np.sqrt(st["pos"]), np.sqrt(st["neg"])
 
 
 def nndsvd_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype, variant="nndsvd", n_power_iter=7):
     """NNDSVD(a) (Boutsidis & Gallopoulos) from a truncated SVD of X computed blockwise.
 
     The SVD is exact (eigendecomposition of the XᵀX summed over blocks) when n_features ≤
-    :data:`GRAM_SVD_MAX_FEATURES`, else randomized (dask's ``svd_compressed``, ``n_power_iter``
-    power iterations), whose result can differ across chunkings at the level of rounding
-    amplified by the singular-value gaps.
+    :data:`GRAM_SVD_MAX_FEATURES`, else randomized (:func:`_randomized_svd`, ``n_power_iter``
+    power iterations, ``n_power_iter + 1`` passes over X), whose result can differ across
+    chunkings at the level of rounding amplified by the singular-value gaps.
     """
     if blocks.n_features <= GRAM_SVD_MAX_FEATURES:
         U_blocks, s, V, upn, unn = _exact_svd(blocks, k)
@@ -119,11 +135,3 @@ def nndsvd_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype, variant
 
 def _rows(U, use_pos, u_scale, fill, dtype):
     return nndsvd_rows(U, use_pos, u_scale, fill).astype(dtype)
-
-
-def _sparse_dask(blocks: Blocks):
-    import scipy.sparse as sp
-
-    meta = sp.csr_matrix((0, 0), dtype=blocks.dtype)
-    arrs = [da.from_delayed(p, shape=(int(n), blocks.n_features), dtype=blocks.dtype, meta=meta) for p, n in zip(blocks.X, blocks.sizes)]
-    return da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
