@@ -43,6 +43,23 @@ def test_corpus_larger_than_a_quarter_of_the_workers_is_not_persisted(local_clus
     np.testing.assert_allclose(m.A_[0], ref.A_[0], rtol=1e-4, atol=1e-6)
 
 
+def test_streamed_corpus_randomized_nndsvd_on_a_cluster(local_cluster, tmp_path, monkeypatch):
+    """NMF's default init on a corpus wider than the exact SVD's limit, not persisted: the
+    randomized SVD's passes read the store on the workers, and the fit equals the in-memory one."""
+    from dnmf_dask import NMF, open_corpus
+    from dnmf_dask.parallel import memory
+    from dnmf_dask.parallel.init import GRAM_SVD_MAX_FEATURES
+    from dnmf_dask.store.corpus import write_corpus
+
+    X = sp.random(160, GRAM_SVD_MAX_FEATURES + 40, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=40)
+    monkeypatch.setattr(memory, "PERSIST_SHARE_OF_MEMORY", 1e-12)  # the corpus stays in its store
+    kw = dict(init="nndsvda", max_iter=3, tol=0, random_state=0)
+    m = NMF(4, scheduler=local_cluster, **kw).fit(open_corpus(tmp_path / "c.zarr"))
+    ref = NMF(4, scheduler="synchronous", chunk_rows=40, **kw).fit(X)
+    np.testing.assert_allclose(m.A_[0], ref.A_[0], rtol=1e-4, atol=1e-6)
+
+
 def test_started_cluster_workers_get_the_malloc_settings():
     env = worker_environ()
     assert env["OPENBLAS_NUM_THREADS"] in (1, "1")  # distributed's own settings are kept
