@@ -377,6 +377,32 @@ def test_randomized_svd_matches_numpy_svd(rng, sparse):
     assert np.allclose(unn, np.linalg.norm(np.minimum(U, 0), axis=0))
 
 
+def test_randomized_svd_holds_only_the_sketch_in_the_fit_dtype(rng):
+    """Between the SVD and the S blocks only the sketch Y (n × (k + 10)) stays on the workers, in
+    float32 for a float32 fit; U's blocks are lazy products Y_i (T W). Holding a float64 Y and a
+    persisted float64 U made a 1.2M-row corpus's init spill on two 400 MB workers. U from the
+    float32 sketch equals the float64 one to float32 rounding."""
+    import scipy.sparse as sp
+
+    from dnmf_dask.parallel.blocks import as_blocks
+    from dnmf_dask.parallel.init import GRAM_SVD_MAX_FEATURES, N_OVERSAMPLES, _randomized_svd
+
+    k = 4
+    X = sp.random(210, GRAM_SVD_MAX_FEATURES + 30, density=0.03, random_state=5, format="csr", dtype=np.float32)
+    blocks, _ = as_blocks(X, chunk_rows=70)
+    with dask.config.set(scheduler="threads"):
+        U32, s32, V32, *_ = _randomized_svd(blocks, k, 0, 7, keep_dtype=np.float32)
+        U64, s64, V64, *_ = _randomized_svd(blocks, k, 0, 7)
+        for U_blocks, dt in ((U32, np.float32), (U64, np.float64)):
+            graph = dict(U_blocks[0].dask)
+            assert len(graph) == 2  # the held sketch block and the lazy product, nothing persisted beside
+            held = [v for v in graph.values() if isinstance(v, np.ndarray)]
+            assert len(held) == 1 and held[0].dtype == dt and held[0].shape == (70, k + N_OVERSAMPLES)
+        U32, U64 = np.vstack(dask.compute(*U32)), np.vstack(dask.compute(*U64))
+    assert U32.dtype == np.float64 and np.array_equal(s32, s64) and np.array_equal(V32, V64)
+    assert np.abs(U32 - U64).max() < 1e-6 * np.abs(U64).max()
+
+
 def test_randomized_nndsvd_of_x_with_rank_below_k(rng):
     """X of rank 2 with k = 4 above the exact path's width: the sketch's zero directions are
     dropped (no division by ~0) and the missing singular pairs are zero; the fit goes on."""

@@ -62,12 +62,18 @@ N_OVERSAMPLES = 10
 SKETCH_RCOND = 1e-10
 
 
-def _sketch_block(X, M):
-    """One block's share of a sketch pass: ``Y_i = X_i M`` (kept by the last pass) and the sums
-    ``X_iᵀ Y_i`` and ``Y_iᵀ Y_i``, both from the one read of the block."""
+def _sketch_block(X, M, keep_dtype=np.float64):
+    """One block's share of a sketch pass: ``Y_i = X_i M`` (kept by the last pass, in
+    ``keep_dtype``) and the sums ``X_iᵀ Y_i`` and ``Y_iᵀ Y_i`` (float64), both from the one read
+    of the block."""
     X = X if hasattr(X, "toarray") else np.nan_to_num(X)
     Y = np.asarray(X @ M, dtype=np.float64)
-    return Y, {"XtY": np.asarray(X.T @ Y, dtype=np.float64), "YtY": Y.T @ Y}
+    return Y.astype(keep_dtype, copy=False), {"XtY": np.asarray(X.T @ Y, dtype=np.float64), "YtY": Y.T @ Y}
+
+
+def _u_rows(Y, TW):
+    """U's rows of one block from its kept sketch: ``U_i = Y_i (T W)`` (float64)."""
+    return np.asarray(Y, dtype=np.float64) @ TW
 
 
 def _orthonormalizer(YtY):
@@ -78,7 +84,7 @@ def _orthonormalizer(YtY):
     return W[:, keep] / np.sqrt(w[keep])
 
 
-def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
+def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int, keep_dtype=np.float64):
     """Top-k SVD of X by Halko et al.'s randomized range finder with a re-orthonormalisation
     after every product (dask's ``svd_compressed(iterator="QR")``), in ``n_power_iter + 1``
     map-reduce passes over X's blocks.
@@ -86,7 +92,13 @@ def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
     Every pass reads each block once and forms both products with it: ``Y = X M`` (tall, n × c,
     orthonormalised as ``Q = Y T`` from the summed Gram ``YᵀY``) and ``Xᵀ Q = (Σ X_iᵀ Y_i) T``
     (small, n_features × c, QR'd on the driver into the next M). The last pass's ``Xᵀ Q`` is
-    ``Bᵀ`` of ``X ≈ Q B``, whose SVD gives s and V; U's blocks are ``Y_i (T W)``. dask's own
+    ``Bᵀ`` of ``X ≈ Q B``, whose SVD gives s and V; U's blocks are ``Y_i (T W)``.
+
+    Memory: between the last pass and the S blocks the workers hold only the sketch ``Y``
+    (n × (k + 10), in ``keep_dtype``: float32 for a float32 fit, where U's rounding is below
+    S's own); U's blocks are returned lazy, one small GEMM each, computed again inside the tasks
+    that need them, never all held (a 1.2M-row corpus's float64 Y and U were 290 + 190 MB on
+    two 400 MB workers, which spilled). dask's own
     ``svd_compressed`` reads X twice per power iteration, and on sparse blocks its products
     concatenate every block of X into one task (dask's tensordot does so for sparse operands);
     as one graph it also held all of X from the first product to the last.
@@ -96,7 +108,8 @@ def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
     M = np.random.default_rng(seed).standard_normal((f, c))
     for it in range(n_power_iter + 1):
         last = it == n_power_iter
-        Y_blocks, st = map_reduce(_sketch_block, [(b,) for b in blocks.X], keep_outputs=last, M=M)
+        Y_blocks, st = map_reduce(_sketch_block, [(b,) for b in blocks.X], keep_outputs=last, M=M,
+                                  keep_dtype=keep_dtype)
         T = _orthonormalizer(st["YtY"])
         XtQ = st["XtY"] @ T
         if not last:
@@ -108,7 +121,9 @@ def _randomized_svd(blocks: Blocks, k: int, seed: int, n_power_iter: int):
     if s.size < k:  # X's rank (as the sketch sees it) is below k: zero singular pairs
         pad = k - s.size
         V, s, W = np.pad(V, ((0, 0), (0, pad))), np.pad(s, (0, pad)), np.pad(W, ((0, 0), (0, pad)))
-    U_blocks, st = map_reduce(_u_block, [(y,) for y in Y_blocks], V=T @ W, s=np.ones(k))  # U = Q W = Y (T W)
+    TW = T @ W  # U = Q W = Y (T W)
+    _, st = map_reduce(_u_block, [(y,) for y in Y_blocks], keep_outputs=False, V=TW, s=np.ones(k))
+    U_blocks = [dask.delayed(_u_rows, pure=True)(y, TW) for y in Y_blocks]
     return U_blocks, s, V, np.sqrt(st["pos"]), np.sqrt(st["neg"])
 
 
@@ -123,7 +138,8 @@ def nndsvd_init(blocks: Blocks, k: int, seed: int, mean_X: float, dtype, variant
     if blocks.n_features <= GRAM_SVD_MAX_FEATURES:
         U_blocks, s, V, upn, unn = _exact_svd(blocks, k)
     else:
-        U_blocks, s, V, upn, unn = _randomized_svd(blocks, k, seed, n_power_iter)
+        keep = np.float32 if np.dtype(dtype) == np.float32 else np.float64
+        U_blocks, s, V, upn, unn = _randomized_svd(blocks, k, seed, n_power_iter, keep_dtype=keep)
     use_pos, u_scale, A = nndsvd_choice(s, V, upn, unn)
     A[A < NNDSVD_EPS] = 0
     fill = mean_X if variant == "nndsvda" else None
