@@ -454,17 +454,14 @@ if AVAILABLE:
                     xmax = max(xmax, x[a])
                 thr = -tol * max(cscale + gscale * xmax, tiny)
                 nv = 0
-                last = -1
-                for a in range(k):  # selects, not branches: F is unpredictable
-                    xa = x[a]
+                for a in range(k):  # selects, not branches: F is unpredictable (and no
+                    xa = x[a]       # "last violation" select chain: the loop vectorizes)
                     w = y[a]
                     if F[a]:
                         w = xa * gscale
                     va = w < thr
                     V[a] = va
                     nv += va
-                    if va:
-                        last = a
                     x[a] = max(xa, 0.0)  # exact nonnegativity (passive entries may be negative
                     # within the tolerance); if the row goes on, the next solve rewrites x
                 if nv == 0:
@@ -480,6 +477,9 @@ if AVAILABLE:
                     pcount -= 1
                 else:  # backup rule: exchange only the infeasible variable of largest index
                     n_backup += 1
+                    last = k - 1
+                    while not V[last]:
+                        last -= 1
                     for a in range(k):
                         V[a] = a == last
                 n_to_n = 0
