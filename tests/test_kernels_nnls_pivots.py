@@ -220,3 +220,14 @@ def test_ldl_extension_equals_a_direct_solve(m, r0):
     Q2 = Q.copy()
     Q2[idx[m - 1], idx[m - 1]] = -1.0
     assert not fused._ldl_extend(Q2, idx, 0, m, rhs, np.zeros((k, k)), np.zeros(k))
+
+
+@pytest.mark.parametrize("k", [64, 70])
+def test_wide_k_index_lists(k):
+    # k <= 64 reads the moved indices off bit masks, k > 64 compacts them from the arrays
+    rng = np.random.default_rng(k)
+    A, X = _problem(rng, 300, k + 30, k, density=0.5, noise=0.05)
+    G = A.T @ A
+    for with_H in (True, False):
+        total = check_against_reference(G, X @ A, with_H=with_H)
+        assert total["grow"] > 0 and total["shrink"] > 0 and total["iter"] >= 3

@@ -238,6 +238,30 @@ def kl_step(X, S, A, *, cX=1.0, num_add=None, den_add=None, update_S=True, with_
 
 # -- batched NNLS: block principal pivoting one row at a time ---------------------------------
 if AVAILABLE:
+    from llvmlite import ir as _llvm_ir
+    from numba.core import types as _nb_types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _cttz(typingctx, x):
+        """Index of the lowest set bit of a nonzero uint64 (LLVM's cttz)."""
+        sig = _nb_types.uint64(_nb_types.uint64)
+
+        def codegen(context, builder, signature, args):
+            return builder.cttz(args[0], _llvm_ir.Constant(_llvm_ir.IntType(1), 0))
+
+        return sig, codegen
+
+    @_jit_inline
+    def _bits_to_list(mask, out, start):
+        """Append the indices of mask's set bits (ascending) to out[start:]; returns the new end."""
+        e = start
+        while mask:
+            out[e] = _cttz(mask)
+            e += 1
+            mask &= mask - np.uint64(1)
+        return e
+
     @_jit_inline
     def _ldl_extend(Q, idx, r0, m, rhs, M, fw):
         """Rows r0 … m−1 of the LDLᵀ factorisation of Q[idx[:m], idx[:m]] and of the forward
@@ -359,6 +383,11 @@ if AVAILABLE:
         V = np.empty(k, dtype=np.bool_)
         n_iter_max = 0
         n_backup = 0
+        # k <= 64: F and the violations are also kept as bit masks, and the index lists are
+        # read off them (one step per set bit) instead of compacted from k entries
+        bits = k <= 64
+        one = np.uint64(1)
+        full = ~np.uint64(0) >> np.uint64(64 - min(max(k, 1), 64))
         for i in range(n):
             c = C[i]
             x = X[i]
@@ -366,18 +395,21 @@ if AVAILABLE:
             u = U[i] if has_H else c  # the unconstrained solution H c (unused without H)
             cscale = 0.0
             m = 0  # |F|
+            fmask = np.uint64(0)  # F as bits (k <= 64)
             if has_P0:
                 for a in range(k):
                     cscale = max(cscale, abs(c[a]))
                     pa = P0[i, a]
                     F[a] = pa
                     m += pa
+                    fmask |= np.uint64(pa) << np.uint64(a & 63)
             elif has_H:  # everything passive: the unconstrained solution
                 for a in range(k):
                     cscale = max(cscale, abs(c[a]))
                     F[a] = True
                     x[a] = u[a]
                 m = k
+                fmask = full
             else:
                 for a in range(k):
                     cscale = max(cscale, abs(c[a]))
@@ -415,10 +447,13 @@ if AVAILABLE:
                             ln += n_to_f
                     if not ext:  # a new factor, of N (or F) in index order
                         want = cform == 2
-                        ln = 0
-                        for a in range(k):
-                            lst[ln] = a
-                            ln += F[a] == want
+                        if bits:
+                            ln = _bits_to_list(fmask if want else full & ~fmask, lst, 0)
+                        else:
+                            ln = 0
+                            for a in range(k):
+                                lst[ln] = a
+                                ln += F[a] == want
                     if cform == 1:
                         for r in range(r0, ln):
                             rhs[r] = u[lst[r]]
@@ -454,6 +489,7 @@ if AVAILABLE:
                     xmax = max(xmax, x[a])
                 thr = -tol * max(cscale + gscale * xmax, tiny)
                 nv = 0
+                vmask = np.uint64(0)
                 for a in range(k):  # selects, not branches: F is unpredictable (and no
                     xa = x[a]       # "last violation" select chain: the loop vectorizes)
                     w = y[a]
@@ -462,6 +498,7 @@ if AVAILABLE:
                     va = w < thr
                     V[a] = va
                     nv += va
+                    vmask |= np.uint64(va) << np.uint64(a & 63)
                     x[a] = max(xa, 0.0)  # exact nonnegativity (passive entries may be negative
                     # within the tolerance); if the row goes on, the next solve rewrites x
                 if nv == 0:
@@ -482,16 +519,24 @@ if AVAILABLE:
                         last -= 1
                     for a in range(k):
                         V[a] = a == last
-                n_to_n = 0
-                n_to_f = 0
-                for a in range(k):  # the exchange, listing the moved indices (no branches)
-                    fa = F[a]
-                    va = V[a]
-                    to_n[n_to_n] = a
-                    to_f[n_to_f] = a
-                    n_to_n += va & fa
-                    n_to_f += va & (not fa)
-                    F[a] = fa != va
+                    vmask = one << np.uint64(last & 63)
+                if bits:  # the exchange, and the moved indices read off the masks
+                    for a in range(k):
+                        F[a] = F[a] != V[a]
+                    n_to_n = _bits_to_list(vmask & fmask, to_n, 0)
+                    n_to_f = _bits_to_list(vmask & ~fmask, to_f, 0)
+                    fmask ^= vmask
+                else:  # the exchange, listing the moved indices (no branches)
+                    n_to_n = 0
+                    n_to_f = 0
+                    for a in range(k):
+                        fa = F[a]
+                        va = V[a]
+                        to_n[n_to_n] = a
+                        to_f[n_to_f] = a
+                        n_to_n += va & fa
+                        n_to_f += va & (not fa)
+                        F[a] = fa != va
                 m += n_to_f - n_to_n
             n_iter_max = max(n_iter_max, it)
             unfinished[i] = not ok
