@@ -667,7 +667,11 @@ def bpp_rows(G, H, C, P0, max_iter, tol, p_bar):
     when ``H = G⁻¹`` is given; else all active), KKT test, full exchange with ``p_bar`` tries and
     backup rule, but each row is iterated to the end by itself in compiled code (no numpy
     overhead per pivoting round), with G_FF solved by an LDLᵀ factorisation (or, given H and with fewer zeros
-    than passive entries, H_NN on the zero set, as the numpy path). For non-singular G only.
+    than passive entries, H_NN on the zero set, as the numpy path). The factor is kept from round
+    to round and only extended when the set it factors only grew (the common case: the zero set
+    after the first round is mostly a subset of the final one); workspace is allocated once per
+    call, and the KKT test, the exchange and the index lists are branch-free (bit masks for
+    k ≤ 64). For non-singular G only.
 
     Parameters
     ----------
