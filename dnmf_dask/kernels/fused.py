@@ -398,9 +398,9 @@ if AVAILABLE:
         solve otherwise), one for the exchange, which also lists the indices it moved. The
         factor of the current system is kept from round to round: when the system's index
         list only grew (the zero set N in the complement form, the passive set F in the direct
-        one; ~95% of the second solves), only the new rows of the factor are computed
-        (:func:`_ldl_extend`), else it is refactored in index order. All workspace is allocated
-        once per call.
+        one; ~90% of the later solves on the benchmark), only the new rows of the factor are
+        computed (:func:`_ldl_extend`), else it is refactored in index order. All workspace is
+        allocated once per call.
         """
         n, k = C.shape
         tiny = np.finfo(np.float64).tiny
