@@ -391,6 +391,33 @@ def test_block_pass_equals_chunk_cost_grad(sparse_X, cost):
         prev = ref[3]["S"]
 
 
+@pytest.mark.parametrize("sparse_X", [False, True])
+def test_block_pass_cost_first_then_gradients(sparse_X):
+    """cost_at gives the cost (and statistics) from the forward pass alone; grads then gives that
+    same point's gradients, even after a rejected trial at another point: what an Armijo trial
+    needs. Equal to the one-call result, and grads is given once per cost_at."""
+    from dnmf_dask.kernels.neural import BlockPass
+
+    rng, X, As, B = make_problem(5, 3)
+    y = rng.integers(-1, N_CLASSES, N_ROWS)
+    Xc = sp.csr_matrix(X) if sparse_X else X
+    bp, ref_bp = BlockPass(Xc, y, 0.7), BlockPass(Xc, y, 0.7)
+    far = [A * 3.0 for A in As]
+    for trial in (far, As):  # a rejected trial (cost only), then the accepted one
+        c, ex = bp.cost_at(trial, B)
+        ref = ref_bp(trial, B)
+        assert c == ref[0] and ex["recon_sq"] == ref[3]["recon_sq"] and ex["n_correct"] == ref[3]["n_correct"]
+    grads, gB = bp.grads()
+    for g, h in zip(grads + [gB], ref[1] + [ref[2]]):
+        np.testing.assert_array_equal(g, h)
+    ref_c = chunk_cost_grad(Xc, As, B, y, 0.7)
+    assert c == pytest.approx(ref_c[0], rel=1e-12)
+    for g, h in zip(grads, ref_c[1]):
+        np.testing.assert_allclose(g, h, rtol=1e-9, atol=1e-12 * np.abs(h).max())
+    with pytest.raises(DNMFValueError, match="cost_at"):
+        bp.grads()
+
+
 def test_block_pass_without_layer_energies_and_bad_factors():
     from dnmf_dask.kernels.neural import BlockPass
 

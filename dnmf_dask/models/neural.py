@@ -313,6 +313,17 @@ class NeuralNMF(HierarchicalNMF):
                                    **task_kw)
                 return st
 
+            def evaluate_cost(As, B):
+                """``(cost, finish)``: the cost at (As, B) and a function that gives the full
+                statistics there. On the direct path the backward pass runs only in ``finish``
+                (an Armijo trial that is rejected never needs it); call it before the next
+                evaluation."""
+                if direct is None:
+                    st = evaluate(As, B)
+                    return st["cost"], lambda: st
+                c, ex = direct.cost_at(list(As), B)
+                return c, lambda: _block_stats((c, *direct.grads(), ex), direct.y)
+
             hist = {k: [] for k in ("cost", "rel_error", "loss_Y", "accuracy_labeled", "step")}
 
             def record(st, step):
@@ -384,8 +395,8 @@ class NeuralNMF(HierarchicalNMF):
                         olds = As + ([B] if step_B else [])
                         news = As_new + ([B_new] if step_B else [])
                         decrease = sum(np.sum(g * (F - Fn)) for g, F, Fn in zip(raw, olds, news))
-                        st_new = evaluate(As_new, B_new)
-                        if st_new["cost"] <= st["cost"] - ARMIJO_SIGMA * decrease:
+                        cost_new, finish = evaluate_cost(As_new, B_new)
+                        if cost_new <= st["cost"] - ARMIJO_SIGMA * decrease:
                             accepted = True
                             break
                         t *= ARMIJO_SHRINK
@@ -393,6 +404,7 @@ class NeuralNMF(HierarchicalNMF):
                     if not accepted:
                         stop_reason = "step"
                         break
+                    st_new = finish()
                     prev = st["cost"]
                     As, B, st = As_new, B_new, st_new
                     st, B = refit_B(st, As, B)
