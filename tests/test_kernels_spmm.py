@@ -111,7 +111,7 @@ def test_mu_step_equals_dense_update(rng, k, dtype):
             assert S_new.dtype == dtype and XtS.dtype == dtype
             np.testing.assert_allclose(S_new, ref, **TOL[dtype])
             np.testing.assert_allclose(XtS, D.T @ ref, **TOL[dtype])
-            np.testing.assert_allclose(dot, np.sum(S * XA), rtol=TOL[dtype]["rtol"], atol=1e-9)
+            np.testing.assert_allclose(dot, np.sum(S * XA), rtol=TOL[dtype]["rtol"], atol=1e-9)  # XA rounded in S.dtype
             assert np.all(S_new >= 0) and np.all(np.isfinite(S_new))
         S_same, XtS, _ = spmm.mu_step(X, S, A, den, update_S=False)
         assert S_same is S
@@ -252,3 +252,10 @@ def test_stale_generated_files_are_removed(tmp_path):
     spmm._remove_stale(str(d), 5, "spmm_k5_aaaa")
     assert keep.exists() and new.exists()  # ours, and another version still recent
     assert not old.exists() and not old_cache.exists()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sq_norm_equals_float64_sum(rng, dtype):
+    for n in (0, 1, 7, 1001):
+        x = (rng.random(n) * 100).astype(dtype)
+        np.testing.assert_allclose(spmm.sq_norm(x), float(np.sum(x.astype(np.float64) ** 2)), rtol=1e-12)

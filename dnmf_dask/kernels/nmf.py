@@ -127,6 +127,8 @@ def _sq_norm(X):
     """||X||_F² in float64; for canonical CSR straight from the stored values (no X ⊙ X copy)."""
     if sp.issparse(X):
         if getattr(X, "has_canonical_format", False):
+            if X.data.dtype in (np.float32, np.float64) and spmm_wanted(X, 1):
+                return spmm_module().sq_norm(X.data)
             return float(np.einsum("i,i->", X.data, X.data, dtype=np.float64))
         return float(X.multiply(X).sum())
     return float(np.einsum("ij,ij->", X, X, dtype=np.float64))

@@ -128,7 +128,7 @@ def generate_source(k: int) -> str:
         "        hi = indptr[i + 1]",
         *_row_times_A(k, "S.dtype.type", "lo", "hi"),
         *_lanes(k, "s{t} = S[i, {t}]", indent="        "),
-        "        dot += " + " + ".join(f"float(s{t}) * float(a{t})" for t in range(k)),
+        "        dot += " + " + ".join(f"np.float64(s{t}) * np.float64(a{t})" for t in range(k)),
         "        if update_S:",
         "            if has_add:",
         *_lanes(k, "a{t} += num_add[i, {t}]", indent="                "),
@@ -260,6 +260,23 @@ def _check_k(F, what):
 # ---------------------------------------------------------------------------------------------
 # public kernels
 # ---------------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _sum_squares(data):
+    s = 0.0
+    for i in range(data.shape[0]):  # (not ``for x in data``: numba's array iterator does not vectorise)
+        v = np.float64(data[i])
+        s += v * v
+    return s
+
+
+def sq_norm(data) -> float:
+    """``Σ x²`` of a 1-D float array, summed in float64 (reassociated: vectorised partial sums).
+
+    numpy's ``einsum(..., dtype=float64)`` of float32 values casts them in buffered chunks,
+    ~1 ns per value here; this is one streaming pass."""
+    return float(_sum_squares(np.ascontiguousarray(data)))
+
+
 def csr_dense(X, A, dtype=None):
     """``X @ A``: X csr (n, m), A (m, k) → C-contiguous (n, k) in ``dtype`` (default A's)."""
     _check_k(A, "A")
