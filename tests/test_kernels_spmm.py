@@ -259,3 +259,22 @@ def test_sq_norm_equals_float64_sum(rng, dtype):
     for n in (0, 1, 7, 1001):
         x = (rng.random(n) * 100).astype(dtype)
         np.testing.assert_allclose(spmm.sq_norm(x), float(np.sum(x.astype(np.float64) ** 2)), rtol=1e-12)
+
+
+def test_numba_switched_off_means_no_spmm_and_no_numba_import():
+    """Small workers run with DNMF_DASK_NUMBA=0 (parallel/memory.py): block_step stays on scipy and
+    numba is never imported, even for a block above the threshold."""
+    code = textwrap.dedent("""
+        import sys, numpy as np, scipy.sparse as sp
+        from dnmf_dask.kernels import _env
+        from dnmf_dask.kernels.nmf import block_step
+        X = sp.random(400, 300, density=0.9, format="csr", dtype=np.float32, random_state=0)
+        assert X.nnz >= _env.SPMM_MIN_NNZ
+        block_step(X, np.ones((400, 4), np.float32), np.ones((300, 4), np.float32))
+        print(_env.spmm_wanted(X, 4), "numba" in sys.modules)
+    """)
+    env = dict(os.environ, DNMF_DASK_NUMBA="0")
+    env.pop(_env.SPMM_ENV, None)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(dd.__file__)), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

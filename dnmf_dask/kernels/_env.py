@@ -52,8 +52,8 @@ def spmm_module():
     or disabled (``DNMF_DASK_NUMBA=0``)."""
     global _SPMM
     if _SPMM is None:
-        if not env_flag("DNMF_DASK_NUMBA", True):
-            _SPMM = False
+        if os.environ.get("DNMF_DASK_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+            _SPMM = False  # as kernels/fused.py reads it (small workers set it, parallel/memory.py)
         else:
             try:
                 from . import spmm

@@ -13,6 +13,11 @@ data mask W (n, n_features) and label mask L (labeled rows)::
 
 With λ = 0 (or no labels) and no mask these are Lee and Seung's NMF updates.
 
+Products with a sparse X: a CSR block of at least ``SPMM_MIN_NNZ`` nonzeros goes to the
+rank-specialised numba kernels of :mod:`dnmf_dask.kernels.spmm` (one fused sweep per unmasked
+block step, ``X @ A`` / ``Xᵀ @ S`` elsewhere), everything else to scipy; ``DNMF_DASK_SPMM=0``
+keeps scipy everywhere (the reference the tests compare the kernels with).
+
 Per block, :func:`block_step` does the S update of the block's rows (local) and returns the
 block's contributions to the numerators and denominators of the A and B updates (sums over
 rows, so blocks add up); :func:`update_factor` applies an update to the summed statistics
