@@ -90,9 +90,12 @@ def test_csr_dense_and_transpose_equal_dense_products(rng, k, dtype):
         np.testing.assert_allclose(out, 1 + D.T @ S.astype(np.float64), **TOL[dtype])
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", KS)
-def test_mu_step_equals_dense_update(rng, k, dtype):
+def test_mu_step_equals_dense_update(monkeypatch, rng, k, dtype, split):
+    if split:  # the two product kernels with the update in numpy (what k > FUSED_MAX_K runs)
+        monkeypatch.setattr(spmm, "FUSED_MAX_K", 0)
     for X in _blocks(rng, dtype):
         D = _dense(X)
         n, m = X.shape
