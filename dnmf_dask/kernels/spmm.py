@@ -16,7 +16,9 @@ sweep of :mod:`dnmf_dask.kernels.fused` runs at scipy's speed for that reason). 
 each kernel is written out for one k, the loop over k unrolled into k named scalars: the
 accumulators stay in registers, and LLVM's SLP vectorizer (off in numba by default, switched on
 for these kernels' compilation only) packs the k scalar lanes into SIMD loads, FMAs and stores.
-The column indices are read as unsigned integers, so no negative-index wraparound is generated.
+Column indices and positions in the CSR arrays are unsigned, so numba generates no
+negative-index wraparound per access. Measured speeds and what did not help: BENCHMARKS.md, #7,
+"Rank-specialised sparse kernels" (``pipelines/bench/bench_spmm.py`` times the kernels alone).
 
 The generated source is written once to a cache directory (``$NUMBA_CACHE_DIR/dnmf_dask_spmm``
 if that variable is set, else ``/tmp/dnmf_dask-<uid>/spmm``) under a name holding a hash of its
