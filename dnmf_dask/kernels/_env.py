@@ -34,3 +34,40 @@ def fused_module():
 
         _FUSED = fused
     return _FUSED
+
+
+#: switches the rank-specialised numba kernels of kernels/spmm.py off when set to 0 (on by default)
+SPMM_ENV = "DNMF_DASK_SPMM"
+#: a CSR block with fewer nonzeros stays on scipy (the kernels' call overhead and, once per
+#: process, their load from numba's disk cache are not worth it there)
+SPMM_MIN_NNZ = 100_000
+#: largest rank the generated kernels are used for (their source is unrolled over k)
+SPMM_MAX_K = 64
+
+_SPMM = None
+
+
+def spmm_module():
+    """:mod:`dnmf_dask.kernels.spmm`, imported on first use and then held; None if numba is missing
+    or disabled (``DNMF_DASK_NUMBA=0``)."""
+    global _SPMM
+    if _SPMM is None:
+        if os.environ.get("DNMF_DASK_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+            _SPMM = False  # as kernels/fused.py reads it (small workers set it, parallel/memory.py)
+        else:
+            try:
+                from . import spmm
+            except ImportError:  # pragma: no cover - numba not installed
+                _SPMM = False
+            else:
+                _SPMM = spmm
+    return _SPMM or None
+
+
+def spmm_wanted(X, k, W=None) -> bool:
+    """True when :mod:`~dnmf_dask.kernels.spmm` should form the products of a block: X a CSR
+    matrix with at least :data:`SPMM_MIN_NNZ` nonzeros, no mask ``W``, ``1 <= k <=``
+    :data:`SPMM_MAX_K`, ``$DNMF_DASK_SPMM`` not 0, and numba importable. Read per call, so a
+    test or benchmark can flip the environment variable."""
+    return (W is None and getattr(X, "format", None) == "csr" and X.nnz >= SPMM_MIN_NNZ
+            and 1 <= k <= SPMM_MAX_K and env_flag(SPMM_ENV, True) and spmm_module() is not None)

@@ -23,9 +23,11 @@ Speed (BENCHMARKS.md, #7): both sweeps gather/scatter a random row of A or of X�
 nonzero; with k = 20 the inner loops run scalar (LLVM's loop vectorizer wants ≥ 32 iterations
 and numba leaves the SLP vectorizer off), so the Frobenius kernel costs about what scipy's two
 products cost, or more (measured: 15 vs 15 ns/nz on a quiet core, 46 vs 28 under load), so
-:data:`FROBENIUS` leaves it off in the hot path. The gain is in KL, where the values of S Aᵀ at
-the nonzeros are computed in registers instead of gathering nnz × k temporaries (~2× less CPU),
-and in the NNLS pivoting (:func:`bpp_rows`).
+:data:`FROBENIUS` leaves it off in the hot path (:mod:`dnmf_dask.kernels.spmm` does the same
+sweep with source generated per k, unrolled and SLP-vectorised, and is what ``block_step`` uses
+by default). The gain here is in KL, where the values of S Aᵀ at the nonzeros are computed in
+registers instead of gathering nnz × k temporaries (~2× less CPU), and in the NNLS pivoting
+(:func:`bpp_rows`).
 
 Everything here is optional: if numba cannot be imported (or ``DNMF_DASK_NUMBA=0`` is set in
 the environment) :data:`AVAILABLE` is False and the callers use their numpy/scipy code, which

@@ -13,6 +13,11 @@ data mask W (n, n_features) and label mask L (labeled rows)::
 
 With λ = 0 (or no labels) and no mask these are Lee and Seung's NMF updates.
 
+Products with a sparse X: a CSR block of at least ``SPMM_MIN_NNZ`` nonzeros goes to the
+rank-specialised numba kernels of :mod:`dnmf_dask.kernels.spmm` (one fused sweep per unmasked
+block step, ``X @ A`` / ``Xᵀ @ S`` elsewhere), everything else to scipy; ``DNMF_DASK_SPMM=0``
+keeps scipy everywhere (the reference the tests compare the kernels with).
+
 Per block, :func:`block_step` does the S update of the block's rows (local) and returns the
 block's contributions to the numerators and denominators of the A and B updates (sums over
 rows, so blocks add up); :func:`update_factor` applies an update to the summed statistics
@@ -30,7 +35,7 @@ import sys
 import numpy as np
 import scipy.sparse as sp
 
-from ._env import FROBENIUS_ENV, env_flag
+from ._env import FROBENIUS_ENV, env_flag, spmm_module, spmm_wanted
 
 EPS = float(np.finfo(np.float32).eps)
 
@@ -50,6 +55,31 @@ def _fused_frobenius(X, S):
             return None
         from . import fused
     return fused if fused.FROBENIUS and fused.usable(X, S) else None
+
+
+def _spmm_for(X, F):
+    """:mod:`~dnmf_dask.kernels.spmm` if its kernels should form a product of CSR X with the
+    float (·, k) array F (:func:`~dnmf_dask.kernels._env.spmm_wanted`), else None."""
+    if isinstance(F, np.ndarray) and F.ndim == 2 and F.dtype in (np.float32, np.float64) and spmm_wanted(X, F.shape[1]):
+        return spmm_module()
+    return None
+
+
+def sparse_times(X, F):
+    """``X @ F`` as an ndarray: X (n, m) sparse or dense, F (m, k); the rank-specialised kernel for
+    a large CSR X, else scipy/numpy."""
+    spmm = _spmm_for(X, F)
+    if spmm is None:
+        return np.asarray(X @ F)
+    return spmm.csr_dense(X, F, dtype=np.result_type(X.dtype, F.dtype))
+
+
+def sparse_t_times(X, F):
+    """``Xᵀ @ F`` as an ndarray: X (n, m) sparse or dense, F (n, k); like :func:`sparse_times`."""
+    spmm = _spmm_for(X, F)
+    if spmm is None:
+        return np.asarray(X.T @ F)
+    return spmm.csr_t_dense(X, F, dtype=np.result_type(X.dtype, F.dtype))
 
 
 def _safe_ratio(num, den):
@@ -102,6 +132,8 @@ def _sq_norm(X):
     """||X||_F² in float64; for canonical CSR straight from the stored values (no X ⊙ X copy)."""
     if sp.issparse(X):
         if getattr(X, "has_canonical_format", False):
+            if X.data.dtype in (np.float32, np.float64) and spmm_wanted(X, 1):
+                return spmm_module().sq_norm(X.data)
             return float(np.einsum("i,i->", X.data, X.data, dtype=np.float64))
         return float(X.multiply(X).sum())
     return float(np.einsum("ij,ij->", X, X, dtype=np.float64))
@@ -194,22 +226,28 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
         den = gram_den(S, AtA, SAtA)
         den = den if den_L is None else den + den_L
         fused = _fused_frobenius(X, S)
-        if fused is not None:
-            # one sweep of X: X A, the new rows of S and Xᵀ S_new (kernels/fused.py)
-            S_new, XA, stats["XtS"] = fused.frobenius_step(X, S, A, den, num_add=num_L, update_S=update_S)
+        spmm = None if fused is not None else _spmm_for(X, S)
+        if spmm is not None:
+            # one sweep of X with the rank-specialised kernel (kernels/spmm.py): the new rows of S,
+            # Xᵀ S_new (in S's dtype, like scipy's product) and ⟨S, X A⟩, without forming X A
+            S_new, XtS, S_XA = spmm.mu_step(X, S, A, den, num_add=num_L, update_S=update_S)
+            stats["XtS"] = XtS.astype(np.float64)
         else:
-            XA = np.asarray(X @ A)
-            num = XA if num_L is None else XA + num_L
-            S_new = _mu(S, num, den).astype(dt, copy=False) if update_S else S
-            stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
+            if fused is not None:
+                # one sweep of X: X A, the new rows of S and Xᵀ S_new (kernels/fused.py)
+                S_new, XA, stats["XtS"] = fused.frobenius_step(X, S, A, den, num_add=num_L, update_S=update_S)
+            else:
+                XA = np.asarray(X @ A)
+                num = XA if num_L is None else XA + num_L
+                S_new = _mu(S, num, den).astype(dt, copy=False) if update_S else S
+                stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
+            S_XA = float(np.einsum("ij,ij->", S, XA, dtype=np.float64))
         # ||X − S Aᵀ||² = ||X||² − 2⟨S, X A⟩ + ⟨SᵀS, AᵀA⟩, without forming S Aᵀ
-        loss_X = norm_X - 2.0 * float(np.einsum("ij,ij->", S, XA, dtype=np.float64)) + float(
-            np.einsum("ij,ij->", S, SAtA, dtype=np.float64)
-        )
+        loss_X = norm_X - 2.0 * S_XA + float(np.einsum("ij,ij->", S, SAtA, dtype=np.float64))
         stats["loss_X"] = max(loss_X, 0.0)
         stats["StS"] = (S_new.T @ S_new).astype(np.float64)
     else:
-        XA = np.asarray(X @ A)
+        XA = sparse_times(X, A)
         WSA = masked_product(S, A, W)
         R = X - WSA
         stats["loss_X"] = (float(R.multiply(R).sum()) if sp.issparse(R)
@@ -218,7 +256,7 @@ def block_step(X, S, A, *, B=None, y=None, lam=0.0, W=None, update_S=True, AtA=N
         if num_L is not None:
             num, den = num + num_L, den + den_L
         S_new = _mu(S, num, den).astype(dt, copy=False) if update_S else S
-        stats["XtS"] = np.asarray(X.T @ S_new, dtype=np.float64)
+        stats["XtS"] = sparse_t_times(X, S_new).astype(np.float64, copy=False)
         stats["WSAtS"] = np.asarray(masked_product(S_new, A, W).T @ S_new, dtype=np.float64)
     if labeled is not None:
         SL = S_new[labeled]
@@ -267,7 +305,7 @@ def transform_block(X, A, S, *, max_iter=200, tol=1e-4, W=None):
     """
     X, W = split_missing(X, W)
     A = A.astype(S.dtype, copy=False)
-    XA = np.asarray(X @ A)
+    XA = sparse_times(X, A)
     AtA = A.T @ A
     AtA_den = _floored_gram(AtA)
     norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.sum(X * X))
@@ -306,7 +344,7 @@ def semi_block_step(X, S, A, *, AtA=None, update_S=True):
     if AtA is None:
         AtA = A.T @ A
     AtA = AtA.astype(dt, copy=False)
-    XA = np.asarray(X @ A)
+    XA = sparse_times(X, A)
     norm_X = _sq_norm(X)
     loss = norm_X - 2.0 * float(np.einsum("ij,ij->", S, XA, dtype=np.float64)) + float(
         np.einsum("ij,ij->", S, S @ AtA, dtype=np.float64)
@@ -317,7 +355,7 @@ def semi_block_step(X, S, A, *, AtA=None, update_S=True):
         num = pos(XA) + S @ neg(AtA)
         den = neg(XA) + S @ pos(AtA)
         S = (S * np.sqrt(_safe_ratio(num, den))).astype(dt, copy=False)
-    stats = {"loss_X": max(loss, 0.0), "norm_X": norm_X, "XtS": np.asarray(X.T @ S, dtype=np.float64),
+    stats = {"loss_X": max(loss, 0.0), "norm_X": norm_X, "XtS": sparse_t_times(X, S).astype(np.float64, copy=False),
              "StS": (S.T @ S).astype(np.float64)}
     return S, stats
 

@@ -10,8 +10,9 @@ Sections (each prints seconds *and* ratios measured in this run):
   Zipf word popularity), float32, k = 20:
   floors (a) our per-block kernels (:func:`dnmf_dask.kernels.nmf.block_step`,
   :func:`~dnmf_dask.kernels.nmf.update_factor`) in a plain loop, no dask, and (a') the same loop
-  with the fused numba sweep of :mod:`dnmf_dask.kernels.fused` switched the other way; the two scipy sparse
-  products of one iteration; (c) reading and decoding X's blocks from a zarr corpus store;
+  with the fused numba sweep of :mod:`dnmf_dask.kernels.fused` switched the other way, and (a'')
+  with the rank-specialised kernels of :mod:`dnmf_dask.kernels.spmm` (on by default,
+  ``DNMF_DASK_SPMM=0``) switched the other way; the two scipy sparse products of one iteration; (c) reading and decoding X's blocks from a zarr corpus store;
   ours with ``scheduler="threads"``; scikit-learn ``NMF(solver="mu")`` and ``solver="cd"``;
   seconds and ns per nonzero per iteration, and the relative error each reaches in the time our
   threaded fit takes for ``--iters`` iterations;
@@ -205,6 +206,26 @@ def floor_kernels_cpu(X, k, iters, chunk_rows, seed):
     return (cpu[1] - cpu[0]) / max(iters - 1, 1)
 
 
+def _env_flag_now(name):
+    from dnmf_dask.kernels._env import env_flag
+
+    return env_flag(name, True)
+
+
+@contextlib.contextmanager
+def _env_set(name, value):
+    """``$name`` set to ``value`` inside the block (the kernels read their switches per call)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 def floor_products(X, k, seed):
     """The two products of one MU iteration, X @ A and X.T @ S (floor (b) for dense X)."""
     rng = np.random.default_rng(seed)
@@ -257,7 +278,9 @@ def section_matrix(label, X, args, skip, store=None):
     fa, nb, how = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
     res["floor_a"] = fa
     res["floor_a_cpu"] = floor_kernels_cpu(X, k, min(iters, 5), args.chunk_rows, seed)
-    row(f"floor (a) kernels, plain loop ({nb} blocks)", fa, nnz, extra=f"{how}; CPU {res['floor_a_cpu']:.4f} s/it")
+    spmm_state = "" if not sp.issparse(X) else (", spmm on" if _env_flag_now("DNMF_DASK_SPMM") else ", spmm off")
+    row(f"floor (a) kernels, plain loop ({nb} blocks{spmm_state})", fa, nnz,
+        extra=f"{how}; CPU {res['floor_a_cpu']:.4f} s/it = {res['floor_a_cpu'] / nnz * 1e9:.2f} ns/nz")
     if sp.issparse(X):
         from dnmf_dask.kernels import fused
 
@@ -269,6 +292,15 @@ def section_matrix(label, X, args, skip, store=None):
                 fused.FROBENIUS = was
             res["floor_a_other"] = fs
             row(f"floor (a') the same, fused numba sweep {'off' if was else 'on'}", fs, nnz, fa, extra=how_s)
+        # the same loop with the rank-specialised kernels of kernels/spmm.py switched the other way
+        spmm_on = _env_flag_now("DNMF_DASK_SPMM")
+        with _env_set("DNMF_DASK_SPMM", "0" if spmm_on else "1"):
+            fo, _, how_o = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
+            fo_cpu = floor_kernels_cpu(X, k, min(iters, 5), args.chunk_rows, seed)
+        res["floor_a_spmm_other"], res["floor_a_spmm_other_cpu"] = fo, fo_cpu
+        row(f"floor (a'') the same, spmm kernels {'off (scipy)' if spmm_on else 'on'}", fo, nnz, fa,
+            extra=f"{how_o}; CPU {fo_cpu:.4f} s/it = {fo_cpu / nnz * 1e9:.2f} ns/nz, "
+                  f"{fo_cpu / res['floor_a_cpu']:.2f}x floor (a) CPU")
     fb = floor_products(X, k, seed)
     res["floor_b"] = fb
     row("floor (b) X@A + X.T@S" + (" (scipy)" if sp.issparse(X) else " (GEMMs)"), fb, nnz)
