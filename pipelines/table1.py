@@ -170,11 +170,14 @@ def table_md(results):
             accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
             acc = f"{np.mean(accs):.3f} / {paper[j][1]:.3f}" if accs else "–"
             lines.append(f"| {setting} | {L} | {name} | {err:.3f} / {paper[j][0]:.3f} | {acc} |")
-    draws = {r.get("label_draw", "unstratified") for r in results if r["setting"] == "semisupervised"}
-    if draws:
+    semi = [r for r in results if r["setting"] == "semisupervised"]
+    if semi:
+        n_old = sum(r.get("label_draw") != "stratified" for r in semi)
         lines.append("")
-        lines.append(f"Semi-supervised 40% label draw: {', '.join(sorted(draws))} (per class, "
-                     "`dnmf_dask.ingest.labels.mask_labels`; the paper does not say how its 40% were drawn).")
+        lines.append("Semi-supervised 40% labels: drawn per class (stratified, round(0.4 n_c) of each class, "
+                     "`dnmf_dask.ingest.labels.mask_labels`); the paper does not say how its 40% were drawn."
+                     + (f" {n_old} of {len(semi)} semi-supervised fits are older runs with an unstratified draw."
+                        if n_old else ""))
     return "\n".join(lines)
 
 
