@@ -49,7 +49,7 @@ def test_regularisation_flags_stratified_draw_and_update(table1, tmp_path, monke
     real = table1.dd.NeuralNMF
 
     def spy(ranks, **kw):
-        seen.append((len(ranks), kw["classifier_l2"], kw["unit_topics"]))
+        seen.append((len(ranks), kw["classifier_l2"], kw["unit_topics"], kw["classifier_iter"]))
         return real(ranks, **kw)
 
     fits = []
@@ -68,7 +68,7 @@ def test_regularisation_flags_stratified_draw_and_update(table1, tmp_path, monke
             "--neural-n-init", "1", "1", "1", "--out", str(tmp_path)]
     table1.main(base + ["--layers", "3", "--update"])
     reg = table1.NEURAL_REGULARISATION[("semisupervised", 3)]
-    assert seen == [(3, reg["classifier_l2"], reg["unit_topics"])]
+    assert seen == [(3, reg["classifier_l2"], reg["unit_topics"], reg["classifier_iter"])]
     rows = json.loads((tmp_path / "results.json").read_text())
     assert rows[0] == old[0] and len(rows) == 2
     assert rows[1]["rel_error"] != 9.0 and rows[1]["label_draw"] == "stratified"
@@ -78,8 +78,8 @@ def test_regularisation_flags_stratified_draw_and_update(table1, tmp_path, monke
     np.testing.assert_array_equal(known, np.floor(0.4 * np.bincount(y) + 0.5).astype(int))
     seen.clear()
     table1.main(base + ["--layers", "2", "--neural-classifier-l2", "0.5", "--neural-unit-topics"])
-    assert seen == [(2, 0.5, True)]
+    assert seen == [(2, 0.5, True, table1.NEURAL_CLASSIFIER_ITER[2])]
     assert len(json.loads((tmp_path / "results.json").read_text())) == 1  # no --update: overwritten
     seen.clear()
-    table1.main(base + ["--layers", "3", "--no-neural-unit-topics"])
-    assert seen == [(3, reg["classifier_l2"], False)]
+    table1.main(base + ["--layers", "3", "--no-neural-unit-topics", "--neural-classifier-iter", "1", "2", "3"])
+    assert seen == [(3, reg["classifier_l2"], False, 3)]
