@@ -73,6 +73,7 @@ def test_regularisation_flags_stratified_draw_and_update(table1, tmp_path, monke
     assert rows[0] == old[0] and len(rows) == 2
     assert rows[1]["rel_error"] != 9.0 and rows[1]["label_draw"] == "stratified"
     assert rows[1]["classifier_l2"] == reg["classifier_l2"] and rows[1]["unit_topics"] is reg["unit_topics"]
+    assert rows[1]["epochs"] == 2 and rows[1]["tol"] == table1.NEURAL_TOL  # --epochs replaces the row's
     _, y = table1.hierarchical_blocks(random_state=0)
     known = np.bincount(fits[0][fits[0] >= 0], minlength=9)
     np.testing.assert_array_equal(known, np.floor(0.4 * np.bincount(y) + 0.5).astype(int))
