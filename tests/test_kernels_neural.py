@@ -437,3 +437,82 @@ def test_block_pass_without_layer_energies_and_bad_factors():
         bp([As[0], As[1][:-1]])
     with pytest.raises(DNMFValueError, match="X.*finite"):
         BlockPass(np.full_like(X, np.inf))
+
+
+@pytest.mark.parametrize("label_loss", ["cross-entropy", "frobenius", "kl"])
+def test_classifier_objective_with_ridge_matches_finite_differences(label_loss):
+    """The B refit's objective label term + l2 ||B||²: gradient by central differences, and the
+    value is the unpenalised term plus l2 ||B||² (a plain transcription)."""
+    from dnmf_dask.kernels.neural import classifier_objective
+
+    rng = np.random.default_rng(11)
+    SL, y = rng.random((30, 3)) + 0.05, rng.integers(0, 4, 30)
+    B = rng.random((4, 3)) + 0.1 - (0.5 if label_loss == "cross-entropy" else 0.0)
+    l2 = 0.37
+    value, term, grad = classifier_objective(B, SL, y, label_loss, l2)
+    assert value == pytest.approx(classifier_objective(B, SL, y, label_loss)[0] + l2 * np.sum(B ** 2), rel=1e-12)
+    assert term == pytest.approx(classifier_objective(B, SL, y, label_loss)[1], rel=1e-12)
+    num = np.zeros_like(B)
+    for idx in np.ndindex(B.shape):
+        Bp, Bm = B.copy(), B.copy()
+        Bp[idx] += FD_STEP
+        Bm[idx] -= FD_STEP
+        num[idx] = (classifier_objective(Bp, SL, y, label_loss, l2)[0]
+                    - classifier_objective(Bm, SL, y, label_loss, l2)[0]) / (2 * FD_STEP)
+    assert rel_err(grad, num) <= 1e-5
+    with pytest.raises(DNMFValueError, match="l2"):
+        classifier_objective(B, SL, y, label_loss, -1.0)
+
+
+def test_fit_classifier_with_ridge_reaches_the_independent_optimum():
+    """Softmax refit with l2: scikit-learn's L2-penalised multinomial logistic regression without
+    intercept minimises C Σ log-loss + ½ ||W||², the same problem for C = 1 / (2 l2)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from dnmf_dask.kernels.neural import classifier_objective, fit_classifier
+
+    rng = np.random.default_rng(6)
+    SL = rng.random((60, 3))
+    y = np.repeat(np.arange(4), 15)
+    SL[np.arange(60), y % 3] += 2.0  # separable-ish codes: unpenalised, B would grow without bound
+    l2 = 0.05
+    B, term = fit_classifier(SL, y, np.zeros((4, 3)), "cross-entropy", max_iter=2000, l2=l2)
+    ref = LogisticRegression(C=1.0 / (2 * l2), fit_intercept=False, max_iter=10000, tol=1e-12).fit(SL, y)
+    np.testing.assert_allclose(B, ref.coef_, atol=1e-3)  # L-BFGS-B's default tolerances
+    assert classifier_objective(B, SL, y, "cross-entropy", l2)[0] == pytest.approx(
+        classifier_objective(ref.coef_, SL, y, "cross-entropy", l2)[0], rel=1e-7)
+    assert term == pytest.approx(classifier_objective(ref.coef_, SL, y, "cross-entropy")[1], rel=1e-4)
+    free, _ = fit_classifier(SL, y, np.zeros((4, 3)), "cross-entropy", max_iter=2000)
+    assert np.linalg.norm(B) < 0.5 * np.linalg.norm(free)  # the ridge is what bounds B
+
+
+def test_unit_columns_rescales_and_keeps_the_last_layer_exactly():
+    """Unit columns everywhere; the scale of A[l] moves to A[l+1]'s rows and the last layer's to
+    B's columns; a rescaled last layer gives the same reconstruction and scores (forward pass
+    recomputed independently by scipy's NNLS)."""
+    from dnmf_dask.kernels.neural import unit_columns
+
+    rng, X, As, B = make_problem(2, 3)
+    As2, B2 = unit_columns(As, B)
+    for A in As2:
+        np.testing.assert_allclose(np.linalg.norm(A, axis=0), 1.0, rtol=1e-12)
+    n0 = np.linalg.norm(As[0], axis=0)
+    np.testing.assert_allclose(As2[0], As[0] / n0)
+    np.testing.assert_allclose(As2[1], (n0[:, None] * As[1]) / np.linalg.norm(n0[:, None] * As[1], axis=0))
+    assert As[0] is not As2[0] and not np.allclose(As[0], As2[0])  # inputs unchanged
+    # the last layer alone: A_L N⁻¹, S_L N, B N⁻¹ — reconstruction and scores unchanged
+    lastA, lastB = unit_columns(As[-1:], B)
+    nL = np.linalg.norm(As[-1], axis=0)
+    np.testing.assert_allclose(lastB, B / nL)
+    S_prev = forward(X, As[:-1])[-1]
+    from scipy.optimize import nnls as scipy_nnls
+
+    S_old = np.array([scipy_nnls(As[-1], s)[0] for s in S_prev])
+    S_new = np.array([scipy_nnls(lastA[0], s)[0] for s in S_prev])
+    P_old = As[0] @ As[1] @ As[2]
+    P_new = As[0] @ As[1] @ lastA[0]
+    np.testing.assert_allclose(S_new @ P_new.T, S_old @ P_old.T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(S_new @ lastB.T, S_old @ B.T, rtol=1e-8, atol=1e-10)
+    # a zero column stays zero, without NaN
+    Z = [np.array([[1.0, 0.0], [2.0, 0.0]])]
+    np.testing.assert_array_equal(unit_columns(Z)[0][0][:, 1], 0.0)

@@ -203,3 +203,37 @@ def test_single_block_summary_is_the_dask_pass_and_still_rejects_bad_data(toy):
     Xn[3, 5] = np.inf
     with pytest.raises(DNMFValueError, match="finite"):
         m.fit(Xn)
+
+
+def test_classifier_l2_and_unit_topics_are_wired_and_keep_the_cost_consistent(toy):
+    """unit_topics: every factor column at unit norm after the fit (pgd and sgd); classifier_l2:
+    the B refit is ridge-penalised (smaller B) and the recorded cost is the kernel's cost at the
+    final factors plus λ μ ||B||², never increasing over the iterations."""
+    from dnmf_dask.ingest.labels import mask_labels
+
+    X, y = toy
+    ym = mask_labels(y, 0.4, random_state=0)
+    lam, mu = 50.0, 1e-2
+    kw = dict(label_loss="cross-entropy", lam=lam, epochs=12, tol=0, random_state=0, scheduler="synchronous")
+    plain = dd.NeuralNMF((9, 4), **kw).fit(X, ym)
+    unit = dd.NeuralNMF((9, 4), unit_topics=True, **kw).fit(X, ym)
+    both = dd.NeuralNMF((9, 4), unit_topics=True, classifier_l2=mu, **kw).fit(X, ym)
+    assert not np.allclose(np.linalg.norm(plain.A_[0], axis=0), 1.0)
+    for m in (unit, both):
+        for A in m.A_:
+            np.testing.assert_allclose(np.linalg.norm(A, axis=0), 1.0, rtol=1e-10)
+        c = np.array(m.history_["cost"])
+        assert np.all(np.diff(c) <= 1e-12 * c[:-1])
+    assert np.linalg.norm(both.B_) < 0.5 * np.linalg.norm(unit.B_)
+    kernel_cost = chunk_cost_grad(X, both.A_, both.B_, ym, lam, label_loss="cross-entropy")[0]
+    assert both.history_["cost"][-1] == pytest.approx(kernel_cost + lam * mu * np.sum(both.B_ ** 2), rel=1e-10)
+    kernel_cost = chunk_cost_grad(X, unit.A_, unit.B_, ym, lam, label_loss="cross-entropy")[0]
+    assert unit.history_["cost"][-1] == pytest.approx(kernel_cost, rel=1e-10)
+    s = dd.NeuralNMF((9, 4), solver="sgd", init="random", epochs=3, learning_rate=1e-3, batch_size=30, unit_topics=True,
+                     random_state=0, scheduler="synchronous").fit(X)
+    for A in s.A_:
+        np.testing.assert_allclose(np.linalg.norm(A, axis=0), 1.0, rtol=1e-10)
+    with pytest.raises(DNMFValueError, match="classifier_l2"):
+        dd.NeuralNMF((3,), classifier_l2=-1.0, scheduler="synchronous").fit(X)
+    with pytest.raises(DNMFValueError, match="unit_topics"):
+        dd.NeuralNMF((3,), unit_topics="yes", scheduler="synchronous").fit(X)

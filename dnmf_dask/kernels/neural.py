@@ -71,7 +71,7 @@ from dnmf_dask.kernels.nnls import (
     _nnls_core,
 )
 
-__all__ = ["forward", "chunk_cost_grad", "BlockPass", "fit_classifier", "sum_results", "COSTS", "LABEL_LOSSES"]
+__all__ = ["forward", "chunk_cost_grad", "BlockPass", "fit_classifier", "classifier_objective", "unit_columns", "sum_results", "COSTS", "LABEL_LOSSES"]
 
 #: the supported cost functions.
 COSTS = ("reconstruction", "layerwise")
@@ -265,44 +265,105 @@ def _label_term(Z, Yl, label_loss):
     return -float(np.sum(logp[Yl > 0])), np.exp(logp) - Yl  # summed cross-entropy
 
 
-def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50):
-    """Refit the classifier B to fixed last-layer codes: argmin_B of the label term.
+def classifier_objective(B, SL, y, label_loss="frobenius", l2=0.0):
+    """What :func:`fit_classifier` minimises over B, and its gradient.
 
-    The label term is convex in B for all three losses, so this is the exact block-coordinate
-    step for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF)
-    and "kullback-leibler", signed for "cross-entropy". Returns the new B and its (unweighted) label term; the result
-    is never worse than the start.
+    ``label term(S_L Bᵀ) + l2 ||B||_F²`` on the labeled codes (the label term unweighted by λ,
+    as :func:`chunk_cost_grad` reports it in ``extras["label_loss"]``).
 
     Parameters
     ----------
-    SL : (n_labeled, k_L) codes of the labeled rows; y : (n_labeled,) their labels in
-    [0, n_classes); B : (n_classes, k_L) starting classifier.
-    """
-    from scipy.optimize import minimize
+    B : (n_classes, k_L) classifier; SL : (n_labeled, k_L) codes of the labeled rows; y :
+    (n_labeled,) their labels in [0, n_classes); label_loss : as :func:`chunk_cost_grad`;
+    l2 : float >= 0, ridge weight on B.
 
+    Returns
+    -------
+    value : float, the objective; label_term : float, its label part alone; grad : array like B.
+    """
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not (np.isfinite(l2) and l2 >= 0):
+        raise DNMFValueError(f"l2: expected a finite number >= 0, found {l2!r}")
+    l2 = float(l2)
     label_loss = canonical_loss(label_loss)
     SL = np.asarray(SL, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
     Yl = np.zeros((SL.shape[0], B.shape[0]))
     Yl[np.arange(SL.shape[0]), np.asarray(y, dtype=np.int64)] = 1.0
+    term, dZ = _label_term(SL @ B.T, Yl, label_loss)
+    grad = dZ.T @ SL
+    value = term
+    if l2 > 0:
+        value += l2 * float(np.sum(B * B))
+        grad = grad + 2.0 * l2 * B
+    return value, term, grad
+
+
+def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50, l2=0.0):
+    """Refit the classifier B to fixed last-layer codes: argmin_B of the label term
+    (+ ``l2 ||B||²``, :func:`classifier_objective`).
+
+    The objective is convex in B for all three losses, so this is the exact block-coordinate
+    step for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF)
+    and "kullback-leibler", signed for "cross-entropy". Returns the new B and its (unweighted,
+    unpenalised) label term; the objective at the result is never above the start's.
+
+    Parameters
+    ----------
+    SL : (n_labeled, k_L) codes of the labeled rows; y : (n_labeled,) their labels in
+    [0, n_classes); B : (n_classes, k_L) starting classifier; l2 : float >= 0, ridge weight (a
+    softmax B on separable codes otherwise grows without bound).
+    """
+    from scipy.optimize import minimize
+
+    label_loss = canonical_loss(label_loss)
+    B = np.asarray(B, dtype=np.float64)
 
     def f(b):
-        Bm = b.reshape(B.shape)
-        term, dZ = _label_term(SL @ Bm.T, Yl, label_loss)
-        return term, (dZ.T @ SL).ravel()
+        value, _, grad = classifier_objective(b.reshape(B.shape), SL, y, label_loss, l2)
+        return value, grad.ravel()
 
-    start = f(B.ravel())[0]
-    if SL.shape[0] == 0 or max_iter == 0:
-        return B, start
+    start, start_term, _ = classifier_objective(B, SL, y, label_loss, l2)
+    if np.asarray(SL).shape[0] == 0 or max_iter == 0:
+        return B, start_term
     nonneg = label_loss != "cross-entropy"
     bounds = [(0.0, None)] * B.size if nonneg else None
     res = minimize(f, B.ravel(), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": int(max_iter)})
     if not np.isfinite(res.fun) or res.fun > start:
-        return B, start
+        return B, start_term
     Bn = res.x.reshape(B.shape)
     if nonneg:
         Bn = np.maximum(Bn, 0.0)
-    return Bn, float(f(Bn.ravel())[0])
+    return Bn, classifier_objective(Bn, SL, y, label_loss, l2)[1]
+
+
+def unit_columns(A_list, B=None):
+    """Rescale every column of every factor to unit Euclidean norm, passing each layer's scale
+    on to the next layer's rows (and the last layer's to B's columns).
+
+    With ``N_l = diag(column norms of A[l])`` (after the previous layer's scale was passed on):
+    ``A[l] ← A[l] N_l⁻¹``, ``A[l+1] ← N_l A[l+1]``, and ``B ← B N_L⁻¹``. The product
+    ``A[0] … A[L]`` becomes ``A[0] … A[L] N_L⁻¹`` while ``q`` gives ``S[L] N_L``: the
+    reconstruction, and the scores ``S[L] Bᵀ``, are unchanged **exactly** for the last layer's
+    rescaling (NNLS is equivariant under a positive column scaling of its matrix) and for one
+    layer; an inner layer's per-column scaling reweights the next layer's least-squares problem
+    (``||(S[l] − S A[l+1]ᵀ) N_l||``), so there the cost changes unless that layer fits exactly.
+    Zero columns are left as they are. Used as part of NeuralNMF's projection (``unit_topics``):
+    with every column at unit norm the scale of the codes is pinned to the data's and cannot
+    drift into B.
+
+    Returns new lists/arrays (the inputs are not modified): ``(As, B)``.
+    """
+    As = [np.array(A, dtype=np.result_type(A.dtype, np.float32), copy=True) for A in A_list]
+    B = None if B is None else np.array(B, copy=True)
+    for l, A in enumerate(As):
+        norms = np.linalg.norm(A, axis=0)
+        scale = np.where(norms > 0, norms, 1.0).astype(A.dtype, copy=False)
+        A /= scale
+        if l + 1 < len(As):
+            As[l + 1] *= scale[:, None]
+        elif B is not None:
+            B = B / scale
+    return As, B
 
 
 def _log_softmax(Z):

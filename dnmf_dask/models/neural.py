@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from .._validation import check_choice, check_nonneg_float, check_positive_int
 from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
-from ..kernels.neural import LABEL_LOSSES, BlockPass, fit_classifier
+from ..kernels.neural import LABEL_LOSSES, BlockPass, fit_classifier, unit_columns
 from ..kernels.solvers import canonical_loss
 from ..parallel.mapreduce import map_reduce, one_blas_thread
 from .. import progress
@@ -110,6 +110,21 @@ class NeuralNMF(HierarchicalNMF):
         once). The fit with the lowest final training cost (the cost above, on the labels given
         to ``fit``) is kept, as scikit-learn's KMeans does; ``n_init`` times the training passes.
         Not combinable with ``checkpoint``.
+    classifier_l2 : float, default 0.0 — ridge weight μ on B: the cost gets λ μ ||B||² (with
+        λ = ``lam``; the label term is then λ (label term + μ ||B||²)), so the B refit
+        (``classifier_iter``) minimises label term + μ ||B||² and the joint step sees its
+        gradient. On separable labeled codes it keeps a softmax B finite; pair it with
+        ``unit_topics``, or the layers can scale the codes up instead (A(L) ↔ S(L)). The
+        ``cost`` in ``history_`` (and the ``n_init`` choice) includes the penalty.
+    unit_topics : bool, default False — every column of every A(l) is kept at unit Euclidean
+        norm: after the initialisation and after every step the factors are rescaled by
+        :func:`~dnmf_dask.kernels.neural.unit_columns` (each layer's column scale passed on to
+        the next layer's rows, the last layer's to B's columns), and the cost of a trial step is
+        evaluated at the rescaled factors, so the Armijo test, ``tol`` and the ``n_init`` choice
+        compare costs of the constrained problem. The rescaling leaves the last layer's
+        reconstruction and scores exactly as they were; an inner layer's per-column scale
+        reweights the next layer's least squares, which is the constraint's effect. Pins the
+        scale of the codes S(l) to the data's, so it cannot drift into B.
     learning_rate, decay, batch_size : sgd settings (batch_size sets the rows per block for
         in-memory X; dask/corpus inputs use their blocks)
 
@@ -126,7 +141,7 @@ class NeuralNMF(HierarchicalNMF):
     def __init__(self, ranks=(9, 4), *, lam=1.0, label_loss="frobenius", cost="reconstruction", solver="pgd",
                  epochs=100, tol=1e-6, classifier_iter=50,
                  init="hierarchical", init_max_iter=200, step_scaling="block", learning_rate=1e-3, decay=0.0,
-                 batch_size=None, n_init=1, random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
+                 batch_size=None, n_init=1, classifier_l2=0.0, unit_topics=False, random_state=None, chunk_rows=None, scheduler=None, persist="auto", verbose=0):
         self.ranks = ranks
         self.lam = lam
         self.label_loss = label_loss
@@ -142,6 +157,8 @@ class NeuralNMF(HierarchicalNMF):
         self.decay = decay
         self.batch_size = batch_size
         self.n_init = n_init
+        self.classifier_l2 = classifier_l2
+        self.unit_topics = unit_topics
         self.random_state = random_state
         self.chunk_rows = chunk_rows
         self.scheduler = scheduler
@@ -171,6 +188,9 @@ class NeuralNMF(HierarchicalNMF):
         check_positive_int(self.n_init, "n_init")
         check_nonneg_float(self.tol, "tol")
         check_positive_int(self.classifier_iter, "classifier_iter", minimum=0)
+        check_nonneg_float(self.classifier_l2, "classifier_l2")
+        if not isinstance(self.unit_topics, (bool, np.bool_)):
+            raise DNMFValueError(f"unit_topics: expected True or False, found {self.unit_topics!r}")
         check_nonneg_float(self.learning_rate, "learning_rate")
         check_nonneg_float(self.decay, "decay")
         check_positive_int(self.batch_size, "batch_size", allow_none=True)
@@ -283,7 +303,10 @@ class NeuralNMF(HierarchicalNMF):
                 As = [A * np.exp(INIT_JITTER * rj.standard_normal(A.shape)) for A in As]
                 if B is not None:
                     B = B * np.exp(INIT_JITTER * rj.standard_normal(B.shape))
+            if self.unit_topics:
+                As, B = unit_columns(As, B)
             lam = self.lam if n_classes else 0.0
+            ridge = lam * self.classifier_l2 if B is not None else 0.0  # the cost's λ μ ||B||²
             # B ≥ 0 for the squared-error classifier (SSNMF); softmax logits are signed
             project_B = (lambda M: M) if ce else (lambda M: np.maximum(M, 0.0))
             y_parts = blocks.split(codes)
@@ -304,14 +327,27 @@ class NeuralNMF(HierarchicalNMF):
             if direct is not None:
                 held.enter_context(one_blas_thread(driver=True))
 
+            def ridge_cost(B, idx=None):
+                """The ridge on B, once for all blocks (for a mini-batch, its share): (share, value)."""
+                share = 1.0 if idx is None else sum(blocks.sizes[i] for i in idx) / blocks.n_samples
+                return share, share * ridge * float(np.sum(B * B))
+
+            def with_ridge(st, B, idx=None):
+                if ridge > 0:
+                    share, value = ridge_cost(B, idx)
+                    st["cost"] = st["cost"] + value
+                    st["gB"] = st["gB"] + share * 2.0 * ridge * B
+                return st
+
             def evaluate(As, B, idx=None):
                 if direct is not None:
                     # the NNLS of every layer starts from the supports of the last pass
-                    return _block_stats(direct(list(As), B), direct.y)
-                items = per_block if idx is None else [per_block[i] for i in idx]
-                _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
-                                   **task_kw)
-                return st
+                    st = _block_stats(direct(list(As), B), direct.y)
+                else:
+                    items = per_block if idx is None else [per_block[i] for i in idx]
+                    _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
+                                       **task_kw)
+                return with_ridge(st, B, idx)
 
             def evaluate_cost(As, B):
                 """``(cost, finish)``: the cost at (As, B) and a function that gives the full
@@ -322,7 +358,9 @@ class NeuralNMF(HierarchicalNMF):
                     st = evaluate(As, B)
                     return st["cost"], lambda: st
                 c, ex = direct.cost_at(list(As), B)
-                return c, lambda: _block_stats((c, *direct.grads(), ex), direct.y)
+                # (the same sum as with_ridge forms: c + ridge term)
+                cost = c + ridge_cost(B)[1] if ridge > 0 else c
+                return cost, lambda: with_ridge(_block_stats((c, *direct.grads(), ex), direct.y), B)
 
             hist = {k: [] for k in ("cost", "rel_error", "loss_Y", "accuracy_labeled", "step")}
 
@@ -343,7 +381,7 @@ class NeuralNMF(HierarchicalNMF):
                     return st, B
                 SLl, yl = np.vstack(st["SL_lab"]), np.concatenate(st["y_lab"])
                 with blas_limit():  # multithreaded BLAS made L-BFGS-B's tiny products 25x slower
-                    B_new, _ = fit_classifier(SLl, yl, B, self.label_loss, self.classifier_iter)
+                    B_new, _ = fit_classifier(SLl, yl, B, self.label_loss, self.classifier_iter, l2=self.classifier_l2)
                 B_new = B_new.astype(dtype)
                 return evaluate(As, B_new), B_new
 
@@ -392,9 +430,13 @@ class NeuralNMF(HierarchicalNMF):
                     for _ in range(ARMIJO_MAX_TRIALS):
                         As_new = [np.maximum(A - t * g, 0.0) for A, g in zip(As, grads)]
                         B_new = project_B(B - t * gB) if step_B else B
+                        if self.unit_topics:  # the rest of the projection: unit columns
+                            As_new, B_new = unit_columns(As_new, B_new)
                         olds = As + ([B] if step_B else [])
                         news = As_new + ([B_new] if step_B else [])
                         decrease = sum(np.sum(g * (F - Fn)) for g, F, Fn in zip(raw, olds, news))
+                        if self.unit_topics:  # (≥ 0 for the box projection alone, not after rescaling)
+                            decrease = max(decrease, 0.0)
                         cost_new, finish = evaluate_cost(As_new, B_new)
                         if cost_new <= st["cost"] - ARMIJO_SIGMA * decrease:
                             accepted = True
@@ -431,6 +473,8 @@ class NeuralNMF(HierarchicalNMF):
                         As = [np.maximum(A - lr * w * sb[f"gA{l}"], 0.0) for l, A in enumerate(As)]
                         if B is not None:
                             B = project_B(B - lr * w * sb["gB"])
+                        if self.unit_topics:
+                            As, B = unit_columns(As, B)
                     st, B = refit_B(evaluate(As, B), As, B)
                     record(st, lr)
                     n_iter = ep
