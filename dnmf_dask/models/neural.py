@@ -52,6 +52,7 @@ def _in_memory_block(blocks, info):
     Xb = blocks.X[0]
     if hasattr(Xb, "dask"):  # persisted in this process: the graph holds the block itself
         Xv = Xb.__dask_graph__().get(Xb.key) if hasattr(Xb, "key") else None
+        Xv = getattr(Xv, "value", Xv)  # a literal block not sent anywhere: dask's DataNode holds it
         if isinstance(Xv, np.ndarray) or sp.issparse(Xv):
             return Xv
         # else, e.g. persisted on a distributed cluster (a future): fetched through the current

@@ -13,6 +13,9 @@ from dataclasses import dataclass, replace
 
 import dask
 import dask.array as da
+import dask.local
+import dask.threaded
+from dask.base import get_scheduler
 import numpy as np
 import scipy.sparse as sp
 
@@ -37,6 +40,8 @@ class Blocks:
     sparse: bool
     W: list | None = None
     persisted: bool = False
+    #: the blocks are values in this process (numpy / scipy.sparse input), not tasks to compute
+    in_memory: bool = False
 
     @property
     def n_samples(self) -> int:
@@ -62,9 +67,16 @@ class Blocks:
         return da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
 
     def persist(self) -> "Blocks":
-        """Load the blocks into (cluster) memory once, so later passes do not re-read the store."""
+        """Load the blocks into (cluster) memory once, so later passes do not re-read the store.
+
+        In-memory blocks on an in-process scheduler (threads, synchronous) are already where
+        the tasks run: they are only marked persisted (dask.persist of their literal tasks cost
+        ~0.7 ms per fit, a third of a small Neural NMF fit's set-up). On a distributed Client
+        they are sent to the workers once."""
         if self.persisted:
             return self
+        if self.in_memory and _in_process_scheduler():
+            return replace(self, persisted=True)
         Xp = list(dask.persist(*self.X))
         Wp = None if self.W is None else list(dask.persist(*self.W))
         return replace(self, X=Xp, W=Wp, persisted=True)
@@ -74,6 +86,13 @@ class Blocks:
         if self.sparse:
             return int((nnz or 0) * (item + 4) + 8 * (self.n_samples + self.n_blocks))
         return int(self.n_samples * self.n_features * item)
+
+
+def _in_process_scheduler() -> bool:
+    """True when dask's scheduler in effect runs tasks in this process (threads or synchronous;
+    dask's default for Delayed is threads), not on a distributed Client or in subprocesses."""
+    get = get_scheduler()
+    return get is None or get is dask.local.get_sync or get is dask.threaded.get
 
 
 def _split_in_memory(X, offsets, prefix):
@@ -136,4 +155,4 @@ def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=
     offsets = row_blocks(n, chunk_rows, g)
     parts = _split_in_memory(Xc, offsets, "X")
     Wparts = None if W is None else _split_in_memory(W, offsets, "observed")
-    return Blocks(parts, offsets, f, np.dtype(Xc.dtype), sparse, Wparts), info
+    return Blocks(parts, offsets, f, np.dtype(Xc.dtype), sparse, Wparts, in_memory=True), info
