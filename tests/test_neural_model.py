@@ -97,6 +97,31 @@ def test_in_memory_single_block_runs_without_dask_and_matches_the_dask_path(toy,
     assert direct.n_iter_ == graph.n_iter_ == 6
 
 
+@pytest.mark.parametrize("label_loss", ["frobenius", "cross-entropy"])
+def test_in_memory_blocks_run_without_dask_and_match_the_dask_path(toy, label_loss, monkeypatch):
+    """Several numpy blocks on an in-process scheduler: every pass calls the kernel on each block
+    directly (no graph, the trials' backward pass only when accepted), summing the blocks' statistics
+    in block order as the dask path's reduction; equal to the same chunking as a dask array."""
+    import dask.array as da
+
+    from dnmf_dask.models import neural
+
+    X, y = toy
+    ym = y.copy()
+    ym[np.random.default_rng(1).random(len(y)) > 0.4] = -1
+    rows = -(-X.shape[0] // 3)
+    kw = dict(epochs=6, tol=0, random_state=2, init="random", label_loss=label_loss, scheduler="synchronous",
+              chunk_rows=rows)
+    graph = dd.NeuralNMF((6, 3), **kw).fit(da.from_array(X, chunks=(rows, X.shape[1])), ym)
+    calls = []
+    monkeypatch.setattr(neural, "map_reduce", lambda *a, **k: calls.append(1))  # must not be used
+    direct = dd.NeuralNMF((6, 3), **kw).fit(X, ym)
+    assert not calls
+    for Fa, Fb in zip(direct.A_ + [direct.B_], graph.A_ + [graph.B_]):
+        assert np.linalg.norm(Fa - Fb) <= 1e-10 * np.linalg.norm(Fb)
+    np.testing.assert_allclose(direct.history_["cost"], graph.history_["cost"], rtol=1e-10)
+
+
 def test_i_divergence_label_loss(toy):
     """label_loss='kl' (I-divergence): B ≥ 0 after the refits, factors ≥ 0, cost never rises,
     and the labels are learned on the 9-dim layer; a misspelt name is one clear error."""

@@ -21,7 +21,7 @@ from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
 from ..kernels.neural import LABEL_LOSSES, BlockPass, fit_classifier, unit_columns
 from ..kernels.solvers import canonical_loss
-from ..parallel.mapreduce import map_reduce, one_blas_thread
+from ..parallel.mapreduce import add_stats, map_reduce, one_blas_thread
 from .. import progress
 from ..parallel.scheduler import scheduler_context
 from ..parallel.tasks import cost_grad_task as _cost_grad_task
@@ -39,6 +39,35 @@ MAX_RELATIVE_STEP = 0.25
 #: with n_init > 1, start r ≥ 1 multiplies every entry of the initial factors (and B) by
 #: exp(INIT_JITTER · z), z ~ N(0, 1) from its own stream of the seed
 INIT_JITTER = 0.1
+
+
+def _sum_blocks(parts):
+    """Blocks' statistics added in block order (lists concatenate), as the dask path adds them."""
+    return parts[0] if len(parts) == 1 else add_stats(*parts)
+
+
+def _local_blocks(blocks, info):
+    """Every block of X as an array in this process, when the data is in-memory (numpy / scipy)
+    input on an in-process scheduler (its blocks are literal values of their tasks), else None.
+
+    The fit then calls the kernel on each block directly every pass (one
+    :class:`~dnmf_dask.kernels.neural.BlockPass` per block, in block order) instead of mapping
+    it through a dask graph: no graph per Armijo trial, X checked and ||X||² formed once, the
+    NNLS warm-started, and a trial's backward pass only when it is accepted.
+    """
+    if info.get("kind") not in ("numpy", "sparse"):
+        return None
+    if blocks.n_blocks == 1:
+        one = _in_memory_block(blocks, info)
+        return None if one is None else [one]
+    out = []
+    for Xb in blocks.X:
+        Xv = Xb.__dask_graph__().get(Xb.key) if hasattr(Xb, "key") and hasattr(Xb, "dask") else None
+        Xv = getattr(Xv, "value", Xv)
+        if not (isinstance(Xv, np.ndarray) or sp.issparse(Xv)):
+            return None  # e.g. sent to a distributed cluster: the dask path runs there
+        out.append(Xv)
+    return out
 
 
 def _in_memory_block(blocks, info):
@@ -318,8 +347,12 @@ class NeuralNMF(HierarchicalNMF):
             # kernel and its arguments are those of the dask task, and its NNLS start from the
             # supports of the previous pass (the same solutions, 1e-10 in the tests, fewer pivots)
             direct = None
-            if X_mem is not None:  # (the fit does not report the layer energies)
-                direct = BlockPass(X_mem, y_parts[0], **task_kw, layer_energies=False)
+            # several blocks only for full-batch PGD: SGD's steps on one block at a time carried
+            # the per-block warm starts into factors whose NNLS can be rank-deficient, where a warm
+            # start may pick another of the equal-cost solutions than the dask path's cold start
+            X_local = [X_mem] if X_mem is not None else (_local_blocks(blocks, info) if self.solver == "pgd" else None)
+            if X_local is not None:  # (the fit does not report the layer energies)
+                direct = [BlockPass(Xb, yb, **task_kw, layer_energies=False) for Xb, yb in zip(X_local, y_parts)]
             # BLAS on one thread, as in the dask tasks; held for the whole fit on the direct path
             # (entering threadpoolctl's limit costs ~0.1-0.4 ms, as much as a pass on Table 1)
             # (driver=True: this is the driver's own arithmetic, limited on a Client too, where
@@ -343,7 +376,8 @@ class NeuralNMF(HierarchicalNMF):
             def evaluate(As, B, idx=None):
                 if direct is not None:
                     # the NNLS of every layer starts from the supports of the last pass
-                    st = _block_stats(direct(list(As), B), direct.y)
+                    parts = direct if idx is None else [direct[i] for i in idx]
+                    st = _sum_blocks([_block_stats(bp(list(As), B), bp.y) for bp in parts])
                 else:
                     items = per_block if idx is None else [per_block[i] for i in idx]
                     _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
@@ -358,10 +392,13 @@ class NeuralNMF(HierarchicalNMF):
                 if direct is None:
                     st = evaluate(As, B)
                     return st["cost"], lambda: st
-                c, ex = direct.cost_at(list(As), B)
-                # (the same sum as with_ridge forms: c + ridge term)
-                cost = c + ridge_cost(B)[1] if ridge > 0 else c
-                return cost, lambda: with_ridge(_block_stats((c, *direct.grads(), ex), direct.y), B)
+                firsts = [bp.cost_at(list(As), B) for bp in direct]
+                c = firsts[0][0]
+                for ci, _ in firsts[1:]:  # (the order of _sum_blocks: the same sum)
+                    c = c + ci
+                cost = c + ridge_cost(B)[1] if ridge > 0 else c  # (with_ridge's sum)
+                return cost, lambda: with_ridge(_sum_blocks(
+                    [_block_stats((ci, *bp.grads(), ex), bp.y) for bp, (ci, ex) in zip(direct, firsts)]), B)
 
             hist = {k: [] for k in ("cost", "rel_error", "loss_Y", "accuracy_labeled", "step")}
 
