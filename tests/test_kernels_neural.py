@@ -418,6 +418,27 @@ def test_block_pass_cost_first_then_gradients(sparse_X):
         bp.grads()
 
 
+@pytest.mark.parametrize("n_layers", [1, 3])
+@pytest.mark.parametrize("cost", ["reconstruction", "layerwise"])
+def test_dense_gram_form_equals_the_residual_form(n_layers, cost, monkeypatch):
+    """A large dense block takes the Gram form (no (n, n_features) residual): the same cost,
+    statistics and gradients as the residual form, labels included."""
+    from dnmf_dask.kernels import neural
+
+    rng, X, As, B = make_problem(6, n_layers)
+    y = rng.integers(-1, N_CLASSES, N_ROWS)
+    monkeypatch.setattr(neural, "DENSE_GRAM_MIN_SIZE", 10**12)
+    ref = chunk_cost_grad(X, As, B, y, 0.7, cost, return_S=True)
+    monkeypatch.setattr(neural, "DENSE_GRAM_MIN_SIZE", 1)
+    got = chunk_cost_grad(X, As, B, y, 0.7, cost, return_S=True)
+    assert got[0] == pytest.approx(ref[0], rel=1e-10)
+    for g, h in zip(got[1] + [got[2]], ref[1] + [ref[2]]):
+        np.testing.assert_allclose(g, h, rtol=1e-9, atol=1e-10 * np.abs(h).max())
+    for key in ("recon_sq", "label_loss", "n_correct"):
+        assert got[3][key] == pytest.approx(ref[3][key], rel=1e-10)
+    np.testing.assert_allclose(got[3]["layer_sq"], ref[3]["layer_sq"], rtol=1e-9)
+
+
 def test_block_pass_without_layer_energies_and_bad_factors():
     from dnmf_dask.kernels.neural import BlockPass
 

@@ -436,6 +436,13 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
                       _check_warm(S0, X.shape[0], As))
 
 
+#: a dense block of at least this many entries takes the Gram form of :func:`_cost_then_grad`
+#: (the sparse one): forming the (n, n_features) residual and its products cost more than the
+#: k-column products there (5000 × 2000, ranks (20, 10): 2.4× less time per epoch). Smaller
+#: blocks (Table 1's 87 × 90) keep the residual form, which is exact without cancellation.
+DENSE_GRAM_MIN_SIZE = 1_000_000
+
+
 def _cost_grad(*args, **kwargs):
     """:func:`chunk_cost_grad` on checked input (the arguments of :func:`_cost_then_grad`):
     ``(cost, grads, grad_B, extras)``."""
@@ -461,7 +468,9 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     n = X.shape[0]
     L = len(As) - 1
     kL = As[-1].shape[1]
-    sparse = sp.issparse(X)
+    # Gram form (sparse X, or dense X of at least DENSE_GRAM_MIN_SIZE entries): the residuals
+    # X − S Aᵀ are never formed; the costs and gradients come from X P, Xᵀ S and k × k Grams
+    sparse = sp.issparse(X) or X.size >= DENSE_GRAM_MIN_SIZE
 
     S, solvers, C0 = _forward(X, As, dt, solver, P0)
     SL = S[L]
