@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--neural-big", action="store_true", help="add the 5000 x 2000 Neural NMF problem")
     p.add_argument("--epochs", type=int, default=10, help="Neural NMF epochs")
     p.add_argument("--skip-ssnmf", action="store_true")
+    p.add_argument("--same-start", action="store_true",
+                   help="Neural NMF: ours starts from neuralnmf's initial factors (warm_start), not its own random ones")
     p.add_argument("--peer-threads", type=int, default=0,
                    help="torch threads for neuralnmf (0 = torch's default); with 1 both sides run on "
                         "one core and the CPU-time ratio is the steadiest measure on a shared machine")
@@ -92,12 +94,27 @@ def neural_peer(X, ranks, epochs, seed):
     return t, c, err
 
 
-def neural_ours(X, ranks, epochs, seed):
+def peer_start(X, ranks, seed):
+    """neuralnmf's initial factors for this seed (what :func:`neural_peer` starts from), as numpy."""
+    import torch
+    from NeuralNMF import Neural_NMF
+
+    torch.manual_seed(seed)
+    net = Neural_NMF([X.shape[1], *ranks])
+    return [layer.A.detach().numpy().copy() for layer in net.lsqnonneglst]
+
+
+def neural_ours(X, ranks, epochs, seed, start=None):
+    """Our fit: (seconds, CPU seconds, rel. error). ``start``: initial factors (our default: own random)."""
     import warnings
 
     import dnmf_dask as dd
 
     m = dd.NeuralNMF(tuple(ranks), init="random", epochs=epochs, tol=0, random_state=seed, scheduler="synchronous")
+    warm = None
+    if start is not None:  # a "fitted" model holding the start, for fit(warm_start=...)
+        warm = dd.NeuralNMF(tuple(ranks))
+        warm.A_, warm.B_ = [np.asarray(A, dtype=np.float64) for A in start], None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # warm-up, untimed, as for the peer: the first fit of a process imports distributed
@@ -105,7 +122,7 @@ def neural_ours(X, ranks, epochs, seed):
         dd.NeuralNMF(tuple(ranks), init="random", epochs=1, tol=0, random_state=seed, scheduler="synchronous").fit(X)
         gc.collect()  # (a full collection due from the imports took ~0.3 s inside our clock)
         t0, c0 = time.perf_counter(), time.process_time()
-        m.fit(X)
+        m.fit(X, warm_start=warm)
     return time.perf_counter() - t0, time.process_time() - c0, m.history_["rel_error"][-1]
 
 
@@ -122,9 +139,11 @@ def neural_section(args):
 
         torch.set_num_threads(args.peer_threads)
     print(f"\nNeural NMF, unsupervised, {args.epochs} full-batch epochs (ours: one BLAS thread; "
-          f"neuralnmf: torch with {args.peer_threads or 'its default'} threads)")
+          f"neuralnmf: torch with {args.peer_threads or 'its default'} threads; "
+          f"{'both from neuralnmf' + chr(39) + 's initial factors' if args.same_start else 'each from its own random start'})")
     for name, X, ranks in problems:
-        to, co, eo = neural_ours(X, ranks, args.epochs, args.seed)
+        start = peer_start(X, ranks, args.seed) if args.same_start else None
+        to, co, eo = neural_ours(X, ranks, args.epochs, args.seed, start)
         tp, cp, ep = neural_peer(X, ranks, args.epochs, args.seed)
         e = args.epochs / 1e3
         print(f"  {name}, ranks {ranks}: ours {to / e:8.2f} ms/epoch ({co / e:.2f} CPU) rel.err {eo:.4f} | "
