@@ -470,7 +470,7 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     kL = As[-1].shape[1]
     # Gram form (sparse X, or dense X of at least DENSE_GRAM_MIN_SIZE entries): the residuals
     # X − S Aᵀ are never formed; the costs and gradients come from X P, Xᵀ S and k × k Grams
-    sparse = sp.issparse(X) or X.size >= DENSE_GRAM_MIN_SIZE
+    gram = sp.issparse(X) or X.size >= DENSE_GRAM_MIN_SIZE
 
     S, solvers, C0 = _forward(X, As, dt, solver, P0)
     SL = S[L]
@@ -489,7 +489,7 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
 
     # --- full-product reconstruction error (reported always; the cost for "reconstruction")
     StS_L = SL.T @ SL
-    if sparse:
+    if gram:
         XP = np.asarray(X @ P)
         PtP = P.T @ P
         recon_sq = x_sq - 2.0 * _fsum_prod(SL, XP) + _fsum_prod(StS_L, PtP)
@@ -502,7 +502,7 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     layer_terms = []  # (l, E_l) for l >= 1, dense (n, k_{l-1})
     if not (layer_energies or cost == "layerwise"):
         layer_sq = None
-    elif sparse:
+    elif gram:
         G0 = As[0].T @ As[0]
         StS0 = S[0].T @ S[0]
         layer_sq[0] = x_sq - 2.0 * _fsum_prod(S[0], C0) + _fsum_prod(StS0, G0)
@@ -550,11 +550,11 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     gS = [np.zeros_like(Sl) for Sl in S]  # direct dC/dS[l] (then accumulated adjoints)
     # grads[0] += X.T @ R0 collects every product with X^T, done once at the end
     R0 = np.zeros_like(S[0])
-    need_XtSL = False  # sparse reconstruction cost with L >= 1 also needs X^T S[L]
+    need_XtSL = False  # the Gram-form reconstruction cost with L >= 1 also needs X^T S[L]
 
     # --- the chosen cost's direct (S fixed) gradients
     if cost == "reconstruction":
-        if sparse:
+        if gram:
             gS[L] += -2.0 * (XP - SL @ PtP)
             dP_rest = 2.0 * (P @ StS_L)  # dP = -2 X^T S_L + 2 P S_L^T S_L
             # dC/dA[l]|_S = pre[l-1]^T dP suf[l]^T with dP = -2 X^T S_L + 2 P S_L^T S_L
@@ -573,7 +573,7 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
                 t = dP_full @ suf[l].T
                 grads[l] += t if l == 0 else pre[l - 1].T @ t
     else:
-        if sparse:
+        if gram:
             # l = 0: -2 (X^T S0 - A0 S0^T S0);  dC/dS0 = -2 (X A0 - S0 G0)
             grads[0] += 2.0 * (As[0] @ StS0)
             R0 += -2.0 * S[0]
