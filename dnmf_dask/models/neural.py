@@ -60,14 +60,18 @@ def _local_blocks(blocks, info):
     if blocks.n_blocks == 1:
         one = _in_memory_block(blocks, info)
         return None if one is None else [one]
-    out = []
-    for Xb in blocks.X:
-        Xv = Xb.__dask_graph__().get(Xb.key) if hasattr(Xb, "key") and hasattr(Xb, "dask") else None
-        Xv = getattr(Xv, "value", Xv)
-        if not (isinstance(Xv, np.ndarray) or sp.issparse(Xv)):
-            return None  # e.g. sent to a distributed cluster: the dask path runs there
-        out.append(Xv)
-    return out
+    out = [_held_value(Xb) for Xb in blocks.X]
+    # (a block sent to a distributed cluster is a future: the dask path runs there)
+    return None if any(Xv is None for Xv in out) else out
+
+
+def _held_value(Xb):
+    """The array a block's Delayed holds in this process (a literal, or persisted here), else None."""
+    if not (hasattr(Xb, "dask") and hasattr(Xb, "key")):
+        return None
+    Xv = Xb.__dask_graph__().get(Xb.key)
+    Xv = getattr(Xv, "value", Xv)  # a literal block not sent anywhere: dask's DataNode holds it
+    return Xv if isinstance(Xv, np.ndarray) or sp.issparse(Xv) else None
 
 
 def _in_memory_block(blocks, info):
@@ -80,9 +84,8 @@ def _in_memory_block(blocks, info):
         return None
     Xb = blocks.X[0]
     if hasattr(Xb, "dask"):  # persisted in this process: the graph holds the block itself
-        Xv = Xb.__dask_graph__().get(Xb.key) if hasattr(Xb, "key") else None
-        Xv = getattr(Xv, "value", Xv)  # a literal block not sent anywhere: dask's DataNode holds it
-        if isinstance(Xv, np.ndarray) or sp.issparse(Xv):
+        Xv = _held_value(Xb)
+        if Xv is not None:
             return Xv
         # else, e.g. persisted on a distributed cluster (a future): fetched through the current
         # scheduler, once (the synchronous scheduler cannot resolve a future)
