@@ -16,6 +16,8 @@ import uuid
 import dask
 import numpy as np
 
+from .scheduler import local_scheduler
+
 FAN_IN = 8
 
 class _OneBlasThread:
@@ -74,8 +76,7 @@ def one_blas_thread(driver=False):
     threads wait for cores the worker processes hold. Fits in several threads of one process
     share the limit; it is lifted when the last of them leaves it.
     """
-    sched = dask.base.get_scheduler()
-    if not driver and sched is not None and not isinstance(sched, type(dask.get)):  # a Client's bound get
+    if not driver and not local_scheduler():  # a distributed Client
         return contextlib.nullcontext()
     return _blas
 

@@ -37,6 +37,8 @@ import warnings
 import dask
 import numpy as np
 
+from .scheduler import local_scheduler
+
 #: glibc malloc settings for worker processes (see the module docstring); the values are bytes
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOLD_": 32 * 2**20}
 
@@ -123,10 +125,9 @@ def worker_malloc_config(memory_limit="auto"):
 
 def _workers():
     """The active distributed Client's ``scheduler_info()["workers"]``, or None."""
-    sched = dask.base.get_scheduler()
-    if sched is None or isinstance(sched, type(dask.get)):
+    if local_scheduler():
         return None
-    client = getattr(sched, "__self__", None)  # a Client's bound get
+    client = getattr(dask.base.get_scheduler(), "__self__", None)  # a Client's bound get
     if client is None or not hasattr(client, "scheduler_info"):
         return None
     try:

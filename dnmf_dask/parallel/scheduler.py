@@ -31,6 +31,14 @@ class ClusterError(RuntimeError):
     """The scheduler at the given address cannot be reached (or refuses the connection)."""
 
 
+def local_scheduler() -> bool:
+    """True when dask's scheduler in effect is one of dask's own (synchronous, threads,
+    processes; None: the collection's default, threads), False on a distributed Client (whose
+    ``get`` is a bound method): the tasks run in this process or in its own subprocesses."""
+    sched = dask.base.get_scheduler()
+    return sched is None or isinstance(sched, type(dask.get))
+
+
 def _active_client():
     try:
         from distributed import default_client
