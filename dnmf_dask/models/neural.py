@@ -396,9 +396,7 @@ class NeuralNMF(HierarchicalNMF):
                     st = evaluate(As, B)
                     return st["cost"], lambda: st
                 firsts = [bp.cost_at(list(As), B) for bp in direct]
-                c = firsts[0][0]
-                for ci, _ in firsts[1:]:  # (the order of _sum_blocks: the same sum)
-                    c = c + ci
+                c = _sum_blocks([{"cost": ci} for ci, _ in firsts])["cost"]  # the finished stats' sum
                 cost = c + ridge_cost(B)[1] if ridge > 0 else c  # (with_ridge's sum)
                 return cost, lambda: with_ridge(_sum_blocks(
                     [_block_stats((ci, *bp.grads(), ex), bp.y) for bp, (ci, ex) in zip(direct, firsts)]), B)
