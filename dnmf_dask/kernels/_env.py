@@ -17,6 +17,16 @@ def env_flag(name: str, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+#: set to 0 / false / no / off, no compiled kernel is used (numba is not even imported);
+#: parallel/memory.py sets it for the small workers the library starts
+NUMBA_ENV = "DNMF_DASK_NUMBA"
+
+
+def numba_disabled() -> bool:
+    """True if ``$DNMF_DASK_NUMBA`` switches the compiled kernels off (unset: on)."""
+    return os.environ.get(NUMBA_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 _FUSED = None
 
 
@@ -52,8 +62,8 @@ def spmm_module():
     or disabled (``DNMF_DASK_NUMBA=0``)."""
     global _SPMM
     if _SPMM is None:
-        if os.environ.get("DNMF_DASK_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
-            _SPMM = False  # as kernels/fused.py reads it (small workers set it, parallel/memory.py)
+        if numba_disabled():
+            _SPMM = False  # (small workers set it, parallel/memory.py)
         else:
             try:
                 from . import spmm

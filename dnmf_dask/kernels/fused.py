@@ -38,15 +38,13 @@ dtype combination).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import scipy.sparse as sp
 
-from ._env import FROBENIUS_ENV, env_flag
+from ._env import FROBENIUS_ENV, env_flag, numba_disabled
 
 try:  # pragma: no cover - exercised by whichever branch the environment has
-    if os.environ.get("DNMF_DASK_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+    if numba_disabled():
         raise ImportError("disabled by DNMF_DASK_NUMBA")
     import numba
 
