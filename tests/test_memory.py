@@ -60,6 +60,71 @@ def test_streamed_corpus_randomized_nndsvd_on_a_cluster(local_cluster, tmp_path,
     np.testing.assert_allclose(m.A_[0], ref.A_[0], rtol=1e-4, atol=1e-6)
 
 
+def test_streamed_corpus_blocks_are_read_by_the_pass_tasks(tmp_path):
+    """A corpus left in its store reaches the passes as StoredBlocks: each block's task reads the
+    block itself (no separate read task), and computes what it would on the loaded block."""
+    from dnmf_dask import open_corpus
+    from dnmf_dask.parallel.blocks import as_blocks
+    from dnmf_dask.parallel.mapreduce import _block_tasks
+    from dnmf_dask.parallel.tasks import summary_block
+    from dnmf_dask.store.corpus import StoredBlock, write_corpus
+
+    X = sp.random(90, 12, density=0.3, format="csr", random_state=2, dtype=np.float32)
+    c = write_corpus(tmp_path / "c.zarr", X, chunk_rows=30)
+    blocks, _ = as_blocks(open_corpus(tmp_path / "c.zarr"))
+    assert blocks.streamed and [type(b) for b in blocks.X] == [StoredBlock] * 3
+    (task,) = _block_tasks(summary_block, [(blocks.X[1], None)], {})
+    graph = dict(task[1].__dask_graph__())
+    assert not [k for k in graph if "load-corpus" in str(k)]  # the read is inside the block's task
+    assert len(graph) == 2  # the task and the getitem of its stats
+    assert dask.compute(task[1], scheduler="sync")[0] == summary_block(X[30:60], None)[1]
+    # a whole pass: one task per block, whose (output, stats) results the tree's leaves take as
+    # they are (no getitem task per block), and the sums are those of the loaded blocks
+    from dnmf_dask.parallel.mapreduce import FAN_IN, tree_sum
+
+    tasks = _block_tasks(summary_block, [(b, None) for b in blocks.X], {})
+    total = tree_sum(tasks)
+    assert len(dict(total.__dask_graph__())) == 3 + 1 and 3 <= FAN_IN
+    got = dask.compute(total, scheduler="sync")[0]
+    assert got["nnz"] == X.nnz and got["sum"] == pytest.approx(float(X.sum(dtype=np.float64)), rel=1e-12)
+    # persisting (a corpus that fits) turns them into read tasks again, loaded once
+    p = blocks.persist()
+    assert not p.streamed and (abs(dask.compute(p.X[2])[0] - X[60:]).max() == 0)
+    # a rechunked corpus (chunk_rows given) keeps dask's read-and-slice tasks
+    r, _ = as_blocks(open_corpus(tmp_path / "c.zarr"), chunk_rows=45)
+    assert not r.streamed and r.n_blocks == 2
+
+
+def test_streamed_fit_on_a_cluster_submits_ahead_and_equals_the_persisted_fit(local_cluster, tmp_path, monkeypatch):
+    """Reads inside the pass tasks wait for the previous pass's factors, so pass t+1 is
+    submitted before the driver has pass t's objective (as for persisted X), and the streamed fit,
+    stopped by tol, is the persisted one bit for bit (same blocks, same kernels, same sums)."""
+    from dnmf_dask import SSNMF, open_corpus
+    from dnmf_dask.parallel import memory, mu
+    from dnmf_dask.store.corpus import write_corpus
+
+    rng = np.random.default_rng(4)
+    X = sp.random(240, 40, density=0.25, format="csr", random_state=3, dtype=np.float32)
+    y = np.where(rng.random(240) < 0.5, np.arange(240) % 3, -1)
+    write_corpus(tmp_path / "c.zarr", X, y=y, chunk_rows=60)
+    events = []
+    real_submit, real_stats = mu.submit_map_reduce, mu._Pass.stats
+    monkeypatch.setattr(mu, "submit_map_reduce", lambda *a, **kw: events.append("submit") or real_submit(*a, **kw))
+    monkeypatch.setattr(mu._Pass, "stats", lambda self: events.append("stats") or real_stats(self))
+    kw = dict(init="random", max_iter=200, tol=1e-3, random_state=0, scheduler=local_cluster)
+    monkeypatch.setattr(memory, "PERSIST_SHARE_OF_MEMORY", 1e-12)  # the corpus stays in its store
+    streamed = SSNMF(3, persist="auto", **kw).fit(open_corpus(tmp_path / "c.zarr"))
+    order = list(events)
+    events.clear()
+    persisted = SSNMF(3, persist=True, **kw).fit(open_corpus(tmp_path / "c.zarr"))
+    assert streamed.stop_reason_ == persisted.stop_reason_ == "tol" and 2 < streamed.n_iter_ < 200
+    assert streamed.n_iter_ == persisted.n_iter_
+    np.testing.assert_array_equal(streamed.A_[0], persisted.A_[0])
+    np.testing.assert_array_equal(streamed.B_, persisted.B_)
+    assert streamed.history_["objective"] == persisted.history_["objective"]
+    assert order[:3] == ["submit", "submit", "stats"] and order == events  # submitted one ahead, as persisted
+
+
 def test_started_cluster_workers_get_the_malloc_settings():
     env = worker_environ()
     assert env["OPENBLAS_NUM_THREADS"] in (1, "1")  # distributed's own settings are kept

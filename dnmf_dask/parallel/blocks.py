@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_groups, check_not_empty, check_matrix, check_observed
-from ..store.corpus import Corpus, auto_chunk_rows, row_blocks
+from ..store.corpus import Corpus, StoredBlock, auto_chunk_rows, row_blocks, stored_blocks
 from .memory import block_bytes_budget, warn_if_blocks_exceed
 from .scheduler import local_scheduler
 
@@ -29,7 +29,12 @@ def _literal(value, prefix):
 
 @dataclass
 class Blocks:
-    """Row blocks of X: ``X[i]`` is a Delayed of rows ``offsets[i]:offsets[i+1]``."""
+    """Row blocks of X: ``X[i]`` holds rows ``offsets[i]:offsets[i+1]``.
+
+    ``X[i]`` is a Delayed of the block, or, for a corpus streamed from its store, a
+    :class:`~dnmf_dask.store.corpus.StoredBlock` that the pass's own task reads
+    (:func:`~dnmf_dask.parallel.mapreduce.map_reduce` takes either).
+    """
 
     X: list
     offsets: np.ndarray
@@ -40,6 +45,11 @@ class Blocks:
     persisted: bool = False
     #: the blocks are values in this process (numpy / scipy.sparse input), not tasks to compute
     in_memory: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        """Every pass reads the blocks from their store inside its own tasks (:class:`StoredBlock`)."""
+        return any(isinstance(x, StoredBlock) for x in self.X)
 
     @property
     def n_samples(self) -> int:
@@ -75,7 +85,8 @@ class Blocks:
             return self
         if self.in_memory and local_scheduler():
             return replace(self, persisted=True)
-        Xp = list(dask.persist(*self.X))
+        X = [_read_task(x) if isinstance(x, StoredBlock) else x for x in self.X]
+        Xp = list(dask.persist(*X))
         Wp = None if self.W is None else list(dask.persist(*self.W))
         return replace(self, X=Xp, W=Wp, persisted=True)
 
@@ -84,6 +95,10 @@ class Blocks:
         if self.sparse:
             return int((nnz or 0) * (item + 4) + 8 * (self.n_samples + self.n_blocks))
         return int(self.n_samples * self.n_features * item)
+
+
+def _read_task(block: StoredBlock):
+    return dask.delayed(StoredBlock.load, pure=True)(block, dask_key_name=f"load-corpus-{block.path}-{block.index}")
 
 
 def _split_in_memory(X, offsets, prefix):
@@ -111,7 +126,9 @@ def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=
     the validated ``groups`` codes (or None) and ``nnz`` when known.
     """
     info = {}
+    corpus = None
     if isinstance(X, Corpus):
+        corpus = X
         info["kind"] = "corpus"
         if groups is None:
             groups = X.groups
@@ -130,6 +147,9 @@ def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=
         if chunk_rows is not None:
             Xc = Xc.rechunk({0: tuple(np.diff(row_blocks(n, chunk_rows, g)).tolist()), 1: -1})
         parts, offsets, Xc = _dask_blocks(Xc, g)
+        if corpus is not None and np.array_equal(offsets, corpus.row_offsets):
+            # the stored blocks themselves: each pass's task reads its block (see StoredBlock)
+            parts = stored_blocks(corpus, Xc.dtype)
         Wparts = None
         if W is not None:
             if isinstance(W, da.Array):

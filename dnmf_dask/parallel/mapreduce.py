@@ -16,6 +16,7 @@ import uuid
 import dask
 import numpy as np
 
+from ..store.corpus import StoredBlock
 from .scheduler import local_scheduler
 
 FAN_IN = 8
@@ -110,11 +111,19 @@ def compact_stats(stats):
     return out
 
 
+def _stats_of(part):
+    """The stats dict of a tree input: a block task's result is ``(output, stats)`` (the tree's
+    first level takes the block tasks themselves, no ``getitem`` task per block in between), the
+    upper levels pass stats dicts."""
+    return part[1] if isinstance(part, tuple) else part
+
+
 def add_stats(*parts):
     """Sum dicts of arrays / numbers key by key (keys missing in some parts are allowed); arrays
-    that :func:`compact_stats` narrowed are widened to float64 first."""
+    that :func:`compact_stats` narrowed are widened to float64 first. A part may also be a block
+    task's ``(output, stats)`` result (:func:`_stats_of`)."""
     out = {}
-    for p in parts:
+    for p in map(_stats_of, parts):
         narrow = p.get(FLOAT32_EXACT, ())
         for k, v in p.items():
             if k == FLOAT32_EXACT:
@@ -128,11 +137,14 @@ def add_stats(*parts):
 
 
 def tree_sum(items, fan_in=FAN_IN):
-    """Reduce a list of Delayed stats dicts with a fixed-shape tree of ``add_stats`` tasks."""
+    """Reduce a list of Delayed stats dicts (or block tasks' ``(output, stats)`` results) with a
+    fixed-shape tree of ``add_stats`` tasks."""
     level = _tree_levels(items, fan_in)
     if not level:
         return dask.delayed({})
-    return level[0] if len(level) == 1 else dask.delayed(add_stats, pure=True)(*level)
+    if len(level) == 1:
+        return level[0] if len(items) > fan_in else level[0][1]  # one block: its stats, as they are
+    return dask.delayed(add_stats, pure=True)(*level)
 
 
 def _tree_levels(items, fan_in):
@@ -152,13 +164,25 @@ def shared(value, prefix="shared"):
     return dask.delayed(value, name=f"{prefix}-{uuid.uuid4().hex}")
 
 
+def _reading(func, *args, **kw):
+    """``func(*args, **kw)`` with every :class:`StoredBlock` among ``args`` read from its store first."""
+    return func(*[a.load() if isinstance(a, StoredBlock) else a for a in args], **kw)
+
+
 def _block_tasks(func, per_block, shared_kwargs):
     """One ``func(*per_block[i], **shared_kwargs)`` task per block (nout=2: output, stats), the
-    numpy arrays among ``shared_kwargs`` wrapped once with :func:`shared`."""
+    numpy arrays among ``shared_kwargs`` wrapped once with :func:`shared`. A block given as a
+    :class:`~dnmf_dask.store.corpus.StoredBlock` is read by its task (:func:`_reading`)."""
     kw = {k: (shared(v, k) if isinstance(v, np.ndarray) else v) for k, v in shared_kwargs.items()}
     name = getattr(func, "__name__", "block")
-    return [dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=f"{name}-{uuid.uuid4().hex}")
-            for args in per_block]
+    tasks = []
+    for args in per_block:
+        key = f"{name}-{uuid.uuid4().hex}"
+        if any(isinstance(a, StoredBlock) for a in args):
+            tasks.append(dask.delayed(_reading, nout=2, pure=False)(func, *args, **kw, dask_key_name=key))
+        else:
+            tasks.append(dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=key))
+    return tasks
 
 
 def map_reduce(func, per_block, *, keep_outputs=True, **shared_kwargs):
@@ -181,7 +205,7 @@ def map_reduce(func, per_block, *, keep_outputs=True, **shared_kwargs):
     """
     tasks = _block_tasks(func, per_block, shared_kwargs)
     outputs = [t[0] for t in tasks]
-    total = tree_sum([t[1] for t in tasks])
+    total = tree_sum(tasks)
     with one_blas_thread():
         if keep_outputs:
             outputs, total = dask.persist(outputs, total)
@@ -208,7 +232,7 @@ def submit_map_reduce(func, per_block, *, finish, finish_kwargs=None, finish_ite
     """
     tasks = _block_tasks(func, per_block, shared_kwargs)
     root = dask.delayed(finish, pure=False)(
-        *_tree_levels([t[1] for t in tasks], FAN_IN), **(finish_kwargs or {}),
+        *_tree_levels(tasks, FAN_IN), **(finish_kwargs or {}),
         dask_key_name=f"{getattr(finish, '__name__', 'finish')}-{uuid.uuid4().hex}")
     outputs = [t[0] for t in tasks] if keep_outputs else []
     with one_blas_thread():

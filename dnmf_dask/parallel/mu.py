@@ -160,7 +160,8 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     pass evaluates the final state. The A and B updates run in the root task of each pass's
     reduction (:func:`_mu_finish`), where the summed statistics are, and the new factors stay
     there for the next pass: only the pass's scalars travel to the driver. Without a
-    ``checkpoint`` and with X in (cluster) memory (``blocks.persisted``), pass t+1 is submitted
+    ``checkpoint`` and with X in (cluster) memory (``blocks.persisted``) or read by the pass's own
+    tasks (``blocks.streamed``), pass t+1 is submitted
     before the driver has pass t's scalars, so a
     distributed cluster starts it as soon as pass t's updates are done; when those scalars then
     end the fit (``tol``), pass t+1 is the evaluation of the final state (its S update is
@@ -201,10 +202,11 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
         return _Pass(S_in, state, S_out, state_out, small)
 
     # pass t+1 is submitted before the driver has the objective of pass t (see the docstring),
-    # except with a checkpoint (it needs each iteration's factors first) and when X is streamed
-    # from its store: the next pass's reads, which wait for nothing, would then run early and
-    # hold decoded blocks in the workers' memory until the current pass's updates are done
-    speculate = checkpoint is None and blocks.persisted
+    # except with a checkpoint (it needs each iteration's factors first) and when X comes from
+    # separate read tasks: those wait for nothing, so the next pass's reads would run early and
+    # hold decoded blocks in the workers' memory until the current pass's updates are done. A
+    # corpus streamed from its store is read inside the pass's tasks, which wait for the factors.
+    speculate = checkpoint is None and (blocks.persisted or blocks.streamed)
     # the driver's k-column GEMMs (the first AᵀA) are as small as the tasks' ones, on every scheduler
     with one_blas_thread(driver=True):
         stop_reason, n_iter = "max_iter", first - 1
