@@ -87,6 +87,9 @@ CLASSIFIER_GTOL = 1e-12
 #: at most this many Newton steps (cross-entropy) or L-BFGS-B iterations (kullback-leibler)
 #: for ``max_iter="auto"`` (a softmax without ridge on separable codes has no minimiser)
 CLASSIFIER_AUTO_MAX_ITER = 200
+#: the Newton refit's last step: a full step once the decrement is below this fraction of the
+#: objective (quadratic convergence takes it to the rounding floor)
+_NEWTON_LAST_STEP = 1e-12
 #: rows of the labeled codes per slice when forming the softmax Hessian (bounds its memory)
 _HESSIAN_ROWS = 4096
 
@@ -443,8 +446,13 @@ def _softmax_newton(SL, y, B, l2):
             d = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), g)
         except np.linalg.LinAlgError:  # l2 = 0 (softmax's shift invariance) or rounding
             d = scipy.linalg.lstsq(H, g)[0]
-        decrease = float(g @ d)
+        decrease = float(g @ d)  # (the Newton decrement²: about twice the gap to the minimum)
         if not decrease > 0:
+            break
+        if decrease <= _NEWTON_LAST_STEP * max(1.0, abs(value)):
+            # too small for the rounding of the objective to show (an Armijo test would fail at
+            # random): one full step, as close to the minimiser as the rounding of g allows
+            B = B - d.reshape(B.shape)
             break
         t = 1.0
         while t > 1e-12:
