@@ -80,15 +80,15 @@ COSTS = ("reconstruction", "layerwise")
 #: cross-entropy over B S (the classifier of the Neural NMF authors' code)
 LABEL_LOSSES = ("frobenius", "kullback-leibler", "cross-entropy")
 
-#: ``fit_classifier(max_iter="auto")`` (B refitted to the objective's minimiser) stops when the
-#: gradient's norm is at most this fraction of its norm at B = 0, a scale set by the codes and
+#: ``fit_classifier(max_iter="auto")`` with the I-divergence: L-BFGS-B stops when the gradient's
+#: largest entry is at most this fraction of its value at B = 0, a scale set by the codes and
 #: labels alone, not by the start or the path of the iteration
 CLASSIFIER_GTOL = 1e-12
 #: at most this many Newton steps (cross-entropy) or L-BFGS-B iterations (kullback-leibler)
 #: for ``max_iter="auto"`` (a softmax without ridge on separable codes has no minimiser)
 CLASSIFIER_AUTO_MAX_ITER = 200
-#: the Newton refit's last step: a full step once the decrement is below this fraction of the
-#: objective (quadratic convergence takes it to the rounding floor)
+#: the Newton refit's last steps: full steps (no line search) once the decrement is below this
+#: fraction of the objective, while it keeps falling (quadratic convergence: to the rounding floor)
 _NEWTON_LAST_STEP = 1e-12
 #: rows of the labeled codes per slice when forming the softmax Hessian (bounds its memory)
 _HESSIAN_ROWS = 4096
@@ -329,10 +329,12 @@ def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50, l2=0.0):
       solved exactly by :func:`~dnmf_dask.kernels.nnls.nnls_gram` on ``G = SLᵀ SL + l2 I``
       (unique when G is positive definite: l2 > 0 or SL of full column rank);
     * "cross-entropy": Newton's method with the exact Hessian (``(n_classes k_L)²`` entries,
-      ``O(n_labeled (n_classes k_L)²)`` to form) and an Armijo backtracking step, until the
-      gradient is at most :data:`CLASSIFIER_GTOL` times its norm at B = 0. Strictly convex when
-      ``l2 > 0`` (its minimiser has rows summing to zero, as softmax ignores a common shift);
-      with ``l2 = 0`` a minimiser exists only for non-separable codes, else B grows until
+      ``O(n_labeled (n_classes k_L)²)`` to form) and an Armijo backtracking step, then, once the
+      Newton decrement is below ``1e-12 |objective|`` (where an Armijo test only sees rounding),
+      full steps while the decrement still falls: B is the minimiser to the rounding of the
+      gradient divided by the flattest curvature (≥ 2 l2). Strictly convex when ``l2 > 0`` (its
+      minimiser has rows summing to zero, as softmax ignores a common shift); with ``l2 = 0`` a
+      minimiser exists only for non-separable codes, else B grows until
       :data:`CLASSIFIER_AUTO_MAX_ITER` steps (steps by least squares, minimum norm);
     * "kullback-leibler": L-BFGS-B from ``B`` with that gradient test and no test on the
       decrease of the objective, up to :data:`CLASSIFIER_AUTO_MAX_ITER` iterations (not exact).
@@ -434,12 +436,12 @@ def _softmax_newton(SL, y, B, l2):
         value = -float(np.sum(logp[rows, ys])) + l2 * float(np.sum(B * B))
         return value, np.exp(logp)
 
-    gtol = CLASSIFIER_GTOL * np.linalg.norm(_gradient_at_zero(SL, y, C, "cross-entropy"))
     value, P = objective(B)
+    last_full = np.inf  # the decrement before the last of the final full steps
     for _ in range(CLASSIFIER_AUTO_MAX_ITER):
         g = ((P - Y).T @ SL + 2.0 * l2 * B).ravel()
         gn = np.linalg.norm(g)
-        if gn <= gtol:
+        if gn == 0:
             break
         H = _softmax_hessian(SL, P, l2)
         try:
@@ -451,9 +453,14 @@ def _softmax_newton(SL, y, B, l2):
             break
         if decrease <= _NEWTON_LAST_STEP * max(1.0, abs(value)):
             # too small for the rounding of the objective to show (an Armijo test would fail at
-            # random): one full step, as close to the minimiser as the rounding of g allows
+            # random): full steps while the decrement still falls (quadratically), then stop at
+            # the rounding floor of the gradient
+            if not decrease < 0.5 * last_full:
+                break
+            last_full = decrease
             B = B - d.reshape(B.shape)
-            break
+            value, P = objective(B)
+            continue
         t = 1.0
         while t > 1e-12:
             Bt = B - t * d.reshape(B.shape)
