@@ -537,3 +537,56 @@ def test_unit_columns_rescales_and_keeps_the_last_layer_exactly():
     # a zero column stays zero, without NaN
     Z = [np.array([[1.0, 0.0], [2.0, 0.0]])]
     np.testing.assert_array_equal(unit_columns(Z)[0][0][:, 1], 0.0)
+
+
+def test_fit_classifier_auto_is_the_minimiser_whatever_the_start():
+    """max_iter='auto': the minimiser itself. Cross-entropy with a ridge: scikit-learn's
+    L2-penalised multinomial logistic regression (C = 1 / (2 l2)), a gradient (written out here)
+    at rounding level, rows summing to zero (softmax's shift, fixed by the ridge), the same B from
+    any start and a continuous function of the codes; squared error: scipy's NNLS per class on
+    [SL; √l2 I]; I-divergence: the bound problem's KKT conditions."""
+    from scipy.optimize import nnls as scipy_nnls
+    from sklearn.linear_model import LogisticRegression
+
+    from dnmf_dask.kernels.neural import fit_classifier
+
+    rng = np.random.default_rng(7)
+    SL = rng.random((60, 3))
+    y = np.repeat(np.arange(4), 15)
+    SL[np.arange(60), y % 3] += 2.0  # separable-ish: without the ridge B would grow without bound
+    Y = np.eye(4)[y]
+
+    def softmax_gradient(B, l2):
+        Z = SL @ B.T
+        P = np.exp(Z - Z.max(axis=1, keepdims=True))
+        P /= P.sum(axis=1, keepdims=True)
+        return (P - Y).T @ SL + 2 * l2 * B
+
+    for l2 in (1e-6, 1e-4, 0.05):
+        B, term = fit_classifier(SL, y, np.zeros((4, 3)), "cross-entropy", max_iter="auto", l2=l2)
+        g0 = np.linalg.norm(softmax_gradient(np.zeros((4, 3)), 0.0))
+        assert np.linalg.norm(softmax_gradient(B, l2)) <= 1e-10 * g0
+        np.testing.assert_allclose(B.sum(axis=0), 0.0, atol=1e-9 * np.abs(B).max())
+        if l2 >= 1e-4:  # (sklearn's lbfgs stops short of the nearly flat optimum of l2 = 1e-6)
+            ref = LogisticRegression(C=1.0 / (2 * l2), fit_intercept=False, max_iter=100000, tol=1e-14).fit(SL, y)
+            np.testing.assert_allclose(B, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(B).max())  # lbfgs' accuracy
+        for B0 in (rng.standard_normal((4, 3)), 30 * rng.standard_normal((4, 3))):
+            B1, _ = fit_classifier(SL, y, B0, "cross-entropy", max_iter="auto", l2=l2)
+            # to the gradient's rounding (~1e-14) times the flattest curvature 2 l2
+            assert np.linalg.norm(B1 - B) <= (1e-11 + 1e-15 / l2) * np.linalg.norm(B)
+        B2, _ = fit_classifier(SL * (1 + 1e-15 * rng.standard_normal(SL.shape)), y, B, "cross-entropy",
+                               max_iter="auto", l2=l2)
+        assert np.linalg.norm(B2 - B) <= (1e-11 + 1e-14 / l2) * np.linalg.norm(B)
+    for l2 in (0.0, 0.05):
+        Bf, term_f = fit_classifier(SL, y, rng.random((4, 3)), "frobenius", max_iter="auto", l2=l2)
+        aug = np.vstack([SL, np.sqrt(l2) * np.eye(3)])
+        Bref = np.array([scipy_nnls(aug, np.concatenate([Y[:, c], np.zeros(3)]))[0] for c in range(4)])
+        np.testing.assert_allclose(Bf, Bref, rtol=1e-12, atol=1e-12)
+        assert term_f == pytest.approx(np.sum((Y - SL @ Bref.T) ** 2), rel=1e-12)
+    Bk, _ = fit_classifier(SL, y, rng.random((4, 3)) + 0.1, "kl", max_iter="auto")
+    Z = SL @ Bk.T
+    grad = (1.0 - Y / Z).T @ SL
+    # (L-BFGS-B: not exact; the int path's test allows 2e-3, gradient entries here are ~50)
+    assert Bk.min() >= 0 and np.all(grad >= -1e-5) and np.max(np.abs(grad * Bk)) <= 1e-5
+    with pytest.raises(DNMFValueError, match="max_iter"):
+        fit_classifier(SL, y, Bk, "kl", max_iter="exact")

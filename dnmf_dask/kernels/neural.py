@@ -71,7 +71,7 @@ from dnmf_dask.kernels.nnls import (
     _nnls_core,
 )
 
-__all__ = ["forward", "chunk_cost_grad", "BlockPass", "fit_classifier", "classifier_objective", "unit_columns", "sum_results", "COSTS", "LABEL_LOSSES"]
+__all__ = ["forward", "chunk_cost_grad", "BlockPass", "fit_classifier", "CLASSIFIER_GTOL", "classifier_objective", "unit_columns", "sum_results", "COSTS", "LABEL_LOSSES"]
 
 #: the supported cost functions.
 COSTS = ("reconstruction", "layerwise")
@@ -79,6 +79,19 @@ COSTS = ("reconstruction", "layerwise")
 #: D(Y || B S) = Σ [y log(y / z) − y + z] (B ≥ 0, "kl" / "i-divergence" are aliases) or softmax
 #: cross-entropy over B S (the classifier of the Neural NMF authors' code)
 LABEL_LOSSES = ("frobenius", "kullback-leibler", "cross-entropy")
+
+#: ``fit_classifier(max_iter="auto")`` with the I-divergence: L-BFGS-B stops when the gradient's
+#: largest entry is at most this fraction of its value at B = 0, a scale set by the codes and
+#: labels alone, not by the start or the path of the iteration
+CLASSIFIER_GTOL = 1e-12
+#: at most this many Newton steps (cross-entropy) or L-BFGS-B iterations (kullback-leibler)
+#: for ``max_iter="auto"`` (a softmax without ridge on separable codes has no minimiser)
+CLASSIFIER_AUTO_MAX_ITER = 200
+#: the Newton refit's last steps: full steps (no line search) once the decrement is below this
+#: fraction of the objective, while it keeps falling (quadratic convergence: to the rounding floor)
+_NEWTON_LAST_STEP = 1e-12
+#: rows of the labeled codes per slice when forming the softmax Hessian (bounds its memory)
+_HESSIAN_ROWS = 4096
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,8 +300,7 @@ def classifier_objective(B, SL, y, label_loss="frobenius", l2=0.0):
     label_loss = canonical_loss(label_loss)
     SL = np.asarray(SL, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
-    Yl = np.zeros((SL.shape[0], B.shape[0]))
-    Yl[np.arange(SL.shape[0]), np.asarray(y, dtype=np.int64)] = 1.0
+    Yl = _one_hot(y, SL.shape[0], B.shape[0])
     term, dZ = _label_term(SL @ B.T, Yl, label_loss)
     grad = dZ.T @ SL
     value = term
@@ -302,21 +314,44 @@ def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50, l2=0.0):
     """Refit the classifier B to fixed last-layer codes: argmin_B of the label term
     (+ ``l2 ||B||²``, :func:`classifier_objective`).
 
-    The objective is convex in B for all three losses, so this is the exact block-coordinate
-    step for B (to ``max_iter`` L-BFGS-B iterations, from ``B``); B ≥ 0 for "frobenius" (SSNMF)
-    and "kullback-leibler", signed for "cross-entropy". Returns the new B and its (unweighted,
+    The objective is convex in B for all three losses; B ≥ 0 for "frobenius" (SSNMF) and
+    "kullback-leibler", signed for "cross-entropy". Returns the new B and its (unweighted,
     unpenalised) label term; the objective at the result is never above the start's.
+
+    ``max_iter`` int: at most that many L-BFGS-B iterations from ``B`` (scipy's default stopping
+    tests), an approximate step whose result depends on the start and, near those tests'
+    thresholds, on the rounding of ``SL``.
+
+    ``max_iter="auto"``: the minimiser itself, to rounding, so that B is a continuous function of
+    the codes (the same B, up to rounding, for any start and any summation order of ``SL``):
+
+    * "frobenius": ``min_{B ≥ 0} ||Y − SL Bᵀ||² + l2 ||B||²`` is an NNLS problem per class,
+      solved exactly by :func:`~dnmf_dask.kernels.nnls.nnls_gram` on ``G = SLᵀ SL + l2 I``
+      (unique when G is positive definite: l2 > 0 or SL of full column rank);
+    * "cross-entropy": Newton's method with the exact Hessian (``(n_classes k_L)²`` entries,
+      ``O(n_labeled (n_classes k_L)²)`` to form) and an Armijo backtracking step, then, once the
+      Newton decrement is below ``1e-12 |objective|`` (where an Armijo test only sees rounding),
+      full steps while the decrement still falls: B is the minimiser to the rounding of the
+      gradient divided by the flattest curvature (≥ 2 l2). Strictly convex when ``l2 > 0`` (its
+      minimiser has rows summing to zero, as softmax ignores a common shift); with ``l2 = 0`` a
+      minimiser exists only for non-separable codes, else B grows until
+      :data:`CLASSIFIER_AUTO_MAX_ITER` steps (steps by least squares, minimum norm);
+    * "kullback-leibler": L-BFGS-B from ``B`` with that gradient test and no test on the
+      decrease of the objective, up to :data:`CLASSIFIER_AUTO_MAX_ITER` iterations (not exact).
 
     Parameters
     ----------
     SL : (n_labeled, k_L) codes of the labeled rows; y : (n_labeled,) their labels in
-    [0, n_classes); B : (n_classes, k_L) starting classifier; l2 : float >= 0, ridge weight (a
-    softmax B on separable codes otherwise grows without bound).
+    [0, n_classes); B : (n_classes, k_L) starting classifier; max_iter : int >= 0 or "auto";
+    l2 : float >= 0, ridge weight (a softmax B on separable codes otherwise grows without bound).
     """
     from scipy.optimize import minimize
 
     label_loss = canonical_loss(label_loss)
     B = np.asarray(B, dtype=np.float64)
+    auto = isinstance(max_iter, str)
+    if auto and max_iter != "auto":
+        raise DNMFValueError(f"max_iter: expected an integer >= 0 or 'auto', found {max_iter!r}")
 
     def f(b):
         value, _, grad = classifier_objective(b.reshape(B.shape), SL, y, label_loss, l2)
@@ -326,14 +361,122 @@ def fit_classifier(SL, y, B, label_loss="frobenius", max_iter=50, l2=0.0):
     if np.asarray(SL).shape[0] == 0 or max_iter == 0:
         return B, start_term
     nonneg = label_loss != "cross-entropy"
-    bounds = [(0.0, None)] * B.size if nonneg else None
-    res = minimize(f, B.ravel(), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": int(max_iter)})
-    if not np.isfinite(res.fun) or res.fun > start:
+    if auto and label_loss == "frobenius":
+        Bn = _ridge_nnls(SL, y, B.shape[0], l2)
+    elif auto and label_loss == "cross-entropy":
+        Bn = _softmax_newton(SL, y, B, l2)
+    else:
+        options = {"maxiter": int(max_iter)} if not auto else {
+            "maxiter": CLASSIFIER_AUTO_MAX_ITER, "ftol": 0.0,
+            "gtol": CLASSIFIER_GTOL * np.linalg.norm(_gradient_at_zero(SL, y, B.shape[0], label_loss), np.inf)}
+        bounds = [(0.0, None)] * B.size if nonneg else None
+        res = minimize(f, B.ravel(), jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+        if not np.isfinite(res.fun) or res.fun > start:
+            return B, start_term
+        Bn = res.x.reshape(B.shape)
+        if nonneg:
+            Bn = np.maximum(Bn, 0.0)
+        return Bn, classifier_objective(Bn, SL, y, label_loss, l2)[1]
+    value, term, _ = classifier_objective(Bn, SL, y, label_loss, l2)
+    if not np.isfinite(value) or value > start:
         return B, start_term
-    Bn = res.x.reshape(B.shape)
-    if nonneg:
-        Bn = np.maximum(Bn, 0.0)
-    return Bn, classifier_objective(Bn, SL, y, label_loss, l2)[1]
+    return Bn, term
+
+
+def _one_hot(y, n_rows, n_classes):
+    Y = np.zeros((n_rows, n_classes))
+    Y[np.arange(n_rows), np.asarray(y, dtype=np.int64)] = 1.0
+    return Y
+
+
+def _gradient_at_zero(SL, y, n_classes, label_loss):
+    """Gradient of the unpenalised label term at B = 0: depends on the codes and labels only."""
+    SL = np.asarray(SL, dtype=np.float64)
+    return classifier_objective(np.zeros((n_classes, SL.shape[1])), SL, y, label_loss)[2]
+
+
+def _ridge_nnls(SL, y, n_classes, l2):
+    """argmin_{B ≥ 0} ||Y − SL Bᵀ||² + l2 ||B||², exactly: one NNLS per class (row of B) on the
+    Gram matrix SLᵀ SL + l2 I."""
+    from dnmf_dask.kernels.nnls import nnls_gram
+
+    SL = np.asarray(SL, dtype=np.float64)
+    G = SL.T @ SL + l2 * np.eye(SL.shape[1])
+    return nnls_gram(G, _one_hot(y, SL.shape[0], n_classes).T @ SL)
+
+
+def _softmax_hessian(SL, P, l2):
+    """Hessian of Σ −log softmax(SL Bᵀ)[y] + l2 ||B||² over B raveled row-major (entry (c, j)
+    at c k + j): Σ_i (diag(p_i) − p_i p_iᵀ) ⊗ s_i s_iᵀ + 2 l2 I, formed in row slices."""
+    n, k = SL.shape
+    C = P.shape[1]
+    H = np.zeros((C * k, C * k))
+    for a in range(0, n, _HESSIAN_ROWS):
+        S, Pa = SL[a:a + _HESSIAN_ROWS], P[a:a + _HESSIAN_ROWS]
+        U = (Pa[:, :, None] * S[:, None, :]).reshape(S.shape[0], C * k)
+        H -= U.T @ U
+        for c in range(C):
+            H[c * k:(c + 1) * k, c * k:(c + 1) * k] += S.T @ (Pa[:, c:c + 1] * S)
+    H[np.diag_indices_from(H)] += 2.0 * l2
+    return H
+
+
+def _softmax_newton(SL, y, B, l2):
+    """The minimiser of the ridge softmax objective by Newton's method (see :func:`fit_classifier`)."""
+    import scipy.linalg
+
+    SL = np.asarray(SL, dtype=np.float64)
+    n, C = SL.shape[0], B.shape[0]
+    Y = _one_hot(y, n, C)
+    rows = np.arange(n)
+    ys = np.asarray(y, dtype=np.int64)
+
+    def objective(B):
+        logp = _log_softmax(SL @ B.T)
+        value = -float(np.sum(logp[rows, ys])) + l2 * float(np.sum(B * B))
+        return value, np.exp(logp)
+
+    value, P = objective(B)
+    last_full = np.inf  # the decrement before the last of the final full steps
+    for _ in range(CLASSIFIER_AUTO_MAX_ITER):
+        g = ((P - Y).T @ SL + 2.0 * l2 * B).ravel()
+        gn = np.linalg.norm(g)
+        if gn == 0:
+            break
+        H = _softmax_hessian(SL, P, l2)
+        try:
+            d = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H), g)
+        except np.linalg.LinAlgError:  # l2 = 0 (softmax's shift invariance) or rounding
+            d = scipy.linalg.lstsq(H, g)[0]
+        decrease = float(g @ d)  # (the Newton decrement²: about twice the gap to the minimum)
+        if not decrease > 0:
+            break
+        if decrease <= _NEWTON_LAST_STEP * max(1.0, abs(value)):
+            # too small for the rounding of the objective to show (an Armijo test would fail at
+            # random): full steps while the decrement still falls (quadratically), then stop at
+            # the rounding floor of the gradient
+            if not decrease < 0.5 * last_full:
+                break
+            last_full = decrease
+            B = B - d.reshape(B.shape)
+            value, P = objective(B)
+            continue
+        t = 1.0
+        while t > 1e-12:
+            Bt = B - t * d.reshape(B.shape)
+            vt, Pt = objective(Bt)
+            if vt <= value - 1e-4 * t * decrease:
+                break
+            t *= 0.5
+        else:
+            # no decrease the rounding of the objective can show: the full step still counts
+            # when it lowers the gradient (near the minimiser), else B is as good as it gets
+            Bt = B - d.reshape(B.shape)
+            vt, Pt = objective(Bt)
+            if not np.linalg.norm(((Pt - Y).T @ SL + 2.0 * l2 * Bt).ravel()) < gn:
+                break
+        B, value, P = Bt, vt, Pt
+    return B
 
 
 def unit_columns(A_list, B=None):
