@@ -54,6 +54,7 @@ supports select (it is exact away from support changes, which is "nearly always"
 from __future__ import annotations
 
 import numbers
+import time
 
 import numpy as np
 import scipy.sparse as sp
@@ -79,6 +80,33 @@ COSTS = ("reconstruction", "layerwise")
 #: D(Y || B S) = Σ [y log(y / z) − y + z] (B ≥ 0, "kl" / "i-divergence" are aliases) or softmax
 #: cross-entropy over B S (the classifier of the Neural NMF authors' code)
 LABEL_LOSSES = ("frobenius", "kullback-leibler", "cross-entropy")
+
+
+#: a profiler's dict (``pipelines/bench/bench_neural_block.py`` sets it): the forward pass and
+#: :func:`_cost_then_grad` then add the CPU seconds of each of their stages to it under the
+#: stage's name; None (the default) times nothing
+STAGE_TIMES = None
+
+
+def _no_tick(name):
+    pass
+
+
+def _ticker():
+    """``tick(name)``: adds the CPU time since the previous tick to ``STAGE_TIMES[name]``
+    (``tick(None)`` only restarts the clock); a no-op unless a profiler set :data:`STAGE_TIMES`."""
+    times = STAGE_TIMES
+    if times is None:
+        return _no_tick
+    last = [time.process_time()]
+
+    def tick(name):
+        now = time.process_time()
+        if name is not None:
+            times[name] = times.get(name, 0.0) + now - last[0]
+        last[0] = now
+
+    return tick
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +195,7 @@ def _check_warm(S0, n, As):
     return P0
 
 
-def _forward(X, As, dt, solver, P0s=None):
+def _forward(X, As, dt, solver, P0s=None, tick=_no_tick):
     """Forward pass; returns (S list, passive solvers, C0 = X @ A[0]).
 
     ``P0s``: optional supports (one boolean (n, k_l) array or None per layer, see
@@ -182,6 +210,7 @@ def _forward(X, As, dt, solver, P0s=None):
         A64 = np.asarray(A, dtype=np.float64)
         ps = _PassiveSolver(A64.T @ A64)
         C = np.asarray(prev @ A)
+        tick("X @ A0" if C0 is None else "S @ A (dense)")
         if C0 is None:
             C0 = C
         if C.shape[0] == 0:
@@ -189,6 +218,7 @@ def _forward(X, As, dt, solver, P0s=None):
         else:
             S64, _ = _nnls_core(ps, np.asarray(C, dtype=np.float64), P0, max_iter, tol)
             Sl = S64.astype(dt, copy=False)
+        tick(f"nnls layer {len(S)}")
         S.append(Sl)
         solvers.append(ps)
         prev = Sl
@@ -471,11 +501,13 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     # Gram form (sparse X, or dense X of at least DENSE_GRAM_MIN_SIZE entries): the residuals
     # X − S Aᵀ are never formed; the costs and gradients come from X P, Xᵀ S and k × k Grams
     gram = sp.issparse(X) or X.size >= DENSE_GRAM_MIN_SIZE
+    tick = _ticker()
 
-    S, solvers, C0 = _forward(X, As, dt, solver, P0)
+    S, solvers, C0 = _forward(X, As, dt, solver, P0, tick)
     SL = S[L]
     if x_sq is None:
         x_sq = _sqnorm(X)
+        tick("||X||^2")
 
     # products P = A0 A1 ... AL (prefix) and suffixes A_{l+1} ... A_L
     pre = [As[0]]
@@ -544,7 +576,9 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     }
     if return_S:
         extras["S"] = S
+    tick("cost")
     yield float(total), extras
+    tick(None)
 
     grads = [np.zeros_like(A) for A in As]
     gS = [np.zeros_like(Sl) for Sl in S]  # direct dC/dS[l] (then accumulated adjoints)
@@ -595,10 +629,12 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
             grad_B += lam * (dZ.T @ SL[lab])
 
     # --- reverse-mode propagation through q(A[l], S[l-1]), l = L..0
+    tick("backward (dense)")
     for l in range(L, -1, -1):
         g = gS[l]
         supp = S[l] > 0
         D = solvers[l].solve(np.asarray(g, dtype=np.float64), supp).astype(dt, copy=False)
+        tick("backward (passive solves)")
         StD = S[l].T @ D
         grads[l] -= As[l] @ (StD + StD.T)
         if l == 0:
@@ -606,6 +642,7 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
         else:
             grads[l] += S[l - 1].T @ D
             gS[l - 1] += D @ As[l].T
+        tick("backward (dense)")
 
     # --- the products with X^T (one pass over X for all of them)
     if need_XtSL:
@@ -617,6 +654,7 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
             grads[l] += -2.0 * (pre[l - 1].T @ (XtSL @ suf[l].T))
     else:
         grads[0] += np.asarray(X.T @ R0)
+    tick("X.T @ M")
     yield grads, grad_B
 
 
