@@ -60,7 +60,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
-from dnmf_dask.kernels.nmf import EPS
+from dnmf_dask.kernels._env import spmm_module, spmm_wanted
+from dnmf_dask.kernels.nmf import EPS, sparse_t_times, sparse_times
 from dnmf_dask.kernels.solvers import canonical_loss
 from dnmf_dask.kernels.nnls import (
     _PassiveSolver,
@@ -127,9 +128,18 @@ def _check_inputs(X, A_list):
     X = _as_data_2d("X", X)
     As = _check_factors(A_list, X.shape[1])
     dt = _float_dtype(X.dtype, *[A.dtype for A in As])
-    X = X.astype(dt, copy=False)
     As = [np.asarray(A, dtype=dt) for A in As]
-    return X, As, dt
+    return _data_in(X, dt), As, dt
+
+
+def _data_in(X, dt):
+    """X as the kernels of dtype ``dt`` use it: a sparse X with float32 values is kept as it is
+    (its products with float64 factors widen each value as they read it, which is exact: the
+    results of a float64 copy, without the copy's time and memory per pass); anything else is
+    converted to ``dt``."""
+    if sp.issparse(X) and X.dtype == np.float32:
+        return X
+    return X.astype(dt, copy=False)
 
 
 def _check_model(A_list, X, y, B, lam):
@@ -209,10 +219,12 @@ def _forward(X, As, dt, solver, P0s=None, tick=_no_tick):
         max_iter, tol = _solver_opts(solver, k)
         A64 = np.asarray(A, dtype=np.float64)
         ps = _PassiveSolver(A64.T @ A64)
-        C = np.asarray(prev @ A)
-        tick("X @ A0" if C0 is None else "S @ A (dense)")
         if C0 is None:
-            C0 = C
+            C0 = C = sparse_times(X, A)  # (kernels/spmm.py's kernel for a large CSR block)
+            tick("X @ A0")
+        else:
+            C = prev @ A
+            tick("S @ A (dense)")
         if C.shape[0] == 0:
             Sl = np.zeros((0, k), dtype=dt)
         else:
@@ -403,11 +415,14 @@ def _log_softmax(Z):
 
 
 def _sqnorm(M):
+    """||M||_F² summed in float64 (a sparse M's duplicate entries summed first)."""
     if sp.issparse(M):
         if not M.has_canonical_format:
             M = M.copy()
             M.sum_duplicates()
         d = M.data
+        if d.dtype in (np.float32, np.float64) and spmm_wanted(M, 1):
+            return spmm_module().sq_norm(d)  # one streaming pass, no float64 copy
     else:
         d = np.asarray(M).ravel()
     return float(np.dot(d.astype(np.float64, copy=False), d.astype(np.float64, copy=False)))
@@ -460,10 +475,26 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     label_loss = _check_cost(cost, label_loss)
     if not isinstance(return_S, (bool, np.bool_)):
         raise DNMFTypeError(f"return_S: expected a bool, found {type(return_S).__name__}")
-    X = _as_data_2d("X", X)
+    X, x_sq = _checked_data(X)
     As, B, y, labeled, dt = _check_model(A_list, X, y, B, lam)
-    return _cost_grad(X.astype(dt, copy=False), As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
-                      _check_warm(S0, X.shape[0], As))
+    return _cost_grad(_data_in(X, dt), As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
+                      _check_warm(S0, X.shape[0], As), x_sq=x_sq)
+
+
+def _checked_data(X):
+    """``(X, ||X||²)`` of a checked block (:func:`_as_data_2d`: dense or CSR, finite values).
+
+    A sparse block's values are checked through ||X||², which the cost needs anyway: it is
+    finite when they all are (float64 squares overflow only beyond 1e154), and only when it is
+    not are the values looked at one by one (one pass over the block instead of two)."""
+    if not sp.issparse(X):
+        X = _as_data_2d("X", X)
+        return X, _sqnorm(X)
+    X = _as_data_2d("X", X, check_finite=False)
+    x_sq = _sqnorm(X)
+    if not np.isfinite(x_sq):
+        X = _as_data_2d("X", X)  # raises on NaN or inf (else the squares overflowed)
+    return X, x_sq
 
 
 #: a dense block of at least this many entries takes the Gram form of :func:`_cost_then_grad`
@@ -522,7 +553,8 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     # --- full-product reconstruction error (reported always; the cost for "reconstruction")
     StS_L = SL.T @ SL
     if gram:
-        XP = np.asarray(X @ P)
+        # X P = (X A[0]) A[1] ... A[L]: from the forward pass's X A[0], no second product with X
+        XP = C0 if L == 0 else C0 @ suf[0]
         PtP = P.T @ P
         recon_sq = x_sq - 2.0 * _fsum_prod(SL, XP) + _fsum_prod(StS_L, PtP)
     else:
@@ -584,7 +616,6 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     gS = [np.zeros_like(Sl) for Sl in S]  # direct dC/dS[l] (then accumulated adjoints)
     # grads[0] += X.T @ R0 collects every product with X^T, done once at the end
     R0 = np.zeros_like(S[0])
-    need_XtSL = False  # the Gram-form reconstruction cost with L >= 1 also needs X^T S[L]
 
     # --- the chosen cost's direct (S fixed) gradients
     if cost == "reconstruction":
@@ -596,10 +627,15 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
                 left = pre[l - 1] if l > 0 else None
                 rest = dP_rest @ suf[l].T
                 grads[l] += rest if left is None else left.T @ rest
-            # and the X^T parts -2 pre[l-1]^T (X^T S_L) suf[l]^T: for l = 0 into R0, for
-            # l >= 1 from X^T S_L computed with R0 at the end
+            # and the X^T parts -2 pre[l-1]^T (X^T S_L) suf[l]^T: for l = 0 into R0 (X^T R0
+            # at the end), for l >= 1 as -2 (X pre[l-1])^T S_L suf[l]^T with
+            # X pre[l-1] = (X A[0]) A[1] ... A[l-1] from the forward pass (no product with X)
             R0 += -2.0 * (SL @ suf[0].T)
-            need_XtSL = L >= 1
+            Xpre = C0
+            for l in range(1, L + 1):
+                grads[l] += -2.0 * ((Xpre.T @ SL) @ suf[l].T)
+                if l < L:
+                    Xpre = Xpre @ As[l]
         else:
             gS[L] += -2.0 * (E @ P)
             dP_full = -2.0 * (E.T @ SL)
@@ -644,17 +680,9 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
             gS[l - 1] += D @ As[l].T
         tick("backward (dense)")
 
-    # --- the products with X^T (one pass over X for all of them)
-    if need_XtSL:
-        k0 = As[0].shape[1]
-        XtM = np.asarray(X.T @ np.hstack([R0, SL]))
-        grads[0] += XtM[:, :k0]
-        XtSL = XtM[:, k0:]
-        for l in range(1, L + 1):
-            grads[l] += -2.0 * (pre[l - 1].T @ (XtSL @ suf[l].T))
-    else:
-        grads[0] += np.asarray(X.T @ R0)
-    tick("X.T @ M")
+    # --- the one product with X^T (kernels/spmm.py's kernel for a large CSR block)
+    grads[0] += sparse_t_times(X, R0)
+    tick("X.T @ R0")
     yield grads, grad_B
 
 
@@ -681,8 +709,7 @@ class BlockPass:
     def __init__(self, X, y=None, lam=0.0, cost="reconstruction", label_loss="frobenius", *, layer_energies=True):
         label_loss = _check_cost(cost, label_loss)
         self._X = {}
-        self.X = _as_data_2d("X", X)
-        self.x_sq = _sqnorm(self.X)
+        self.X, self.x_sq = _checked_data(X)
         self.y, self.lam, self.cost, self.label_loss = y, lam, cost, label_loss
         self.layer_energies = layer_energies
         self.S = None  # the last call's forward pass
@@ -691,7 +718,7 @@ class BlockPass:
     def _X_as(self, dt):
         dt = np.dtype(dt)
         if dt not in self._X:
-            self._X[dt] = self.X.astype(dt, copy=False)
+            self._X[dt] = _data_in(self.X, dt)
         return self._X[dt]
 
     def __call__(self, A_list, B=None):
