@@ -530,7 +530,8 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     L = len(As) - 1
     kL = As[-1].shape[1]
     # Gram form (sparse X, or dense X of at least DENSE_GRAM_MIN_SIZE entries): the residuals
-    # X − S Aᵀ are never formed; the costs and gradients come from X P, Xᵀ S and k × k Grams
+    # X − S Aᵀ are never formed; the costs and gradients come from the forward pass's X A[0],
+    # one product Xᵀ R0 (k0 columns) and k-column dense products and k × k Grams
     gram = sp.issparse(X) or X.size >= DENSE_GRAM_MIN_SIZE
     tick = _ticker()
 
@@ -690,7 +691,8 @@ class BlockPass:
     """:func:`chunk_cost_grad` of one fixed block, evaluated once per pass of a fit.
 
     The single-block fast path of :class:`dnmf_dask.NeuralNMF`: ``X`` is checked (finite
-    values, format) and converted to each floating dtype once instead of every pass, and every
+    values, format) and converted to each floating dtype once instead of every pass (a sparse
+    float32 block is not converted at all, :func:`_data_in`), and every
     call warm-starts each layer's NNLS from the supports of the previous call's forward pass
     (the solutions are the same; a support that is already right ends the pivoting at once).
     A call returns what ``chunk_cost_grad(X, A_list, B, y, lam, cost,
