@@ -52,10 +52,8 @@ def labels(rng, mode):
     return y
 
 
-def finite_difference(X, As, B, y, lam, cost, label_loss="frobenius"):
-    def f(As_, B_):
-        return chunk_cost_grad(X, As_, B_, y, lam, cost, label_loss=label_loss)[0]
-
+def central_differences(f, As):
+    """Central differences of the scalar ``f(As)`` with respect to every entry of every factor."""
     num = []
     for l, A in enumerate(As):
         G = np.zeros_like(A)
@@ -64,8 +62,16 @@ def finite_difference(X, As, B, y, lam, cost, label_loss="frobenius"):
             Am = [a.copy() for a in As]
             Ap[l][idx] += FD_STEP
             Am[l][idx] -= FD_STEP
-            G[idx] = (f(Ap, B) - f(Am, B)) / (2 * FD_STEP)
+            G[idx] = (f(Ap) - f(Am)) / (2 * FD_STEP)
         num.append(G)
+    return num
+
+
+def finite_difference(X, As, B, y, lam, cost, label_loss="frobenius"):
+    def f(As_, B_):
+        return chunk_cost_grad(X, As_, B_, y, lam, cost, label_loss=label_loss)[0]
+
+    num = central_differences(lambda As_: f(As_, B), As)
     numB = None
     if B is not None:
         numB = np.zeros_like(B)
@@ -590,3 +596,132 @@ def test_fit_classifier_auto_is_the_minimiser_whatever_the_start():
     assert Bk.min() >= 0 and np.all(grad >= -1e-5) and np.max(np.abs(grad * Bk)) <= 1e-5
     with pytest.raises(DNMFValueError, match="max_iter"):
         fit_classifier(SL, y, Bk, "kl", max_iter="exact")
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse float32 blocks: the products through kernels/spmm.py (forced on these tiny blocks by
+# lowering SPMM_MIN_NNZ) and through scipy, against plain numpy/scipy references
+# ---------------------------------------------------------------------------------------------
+def sparse_float32_problem(seed, n_layers):
+    """make_problem's X with ~40% of its entries zeroed, rounded to float32 (so X32 and its
+    float64 copy hold the same values), as a float32 CSR block; float64 factors."""
+    rng, X, As, B = make_problem(seed, n_layers)
+    X = np.where(rng.random(X.shape) < 0.4, 0.0, X).astype(np.float32)
+    return rng, sp.csr_matrix(X), As, B
+
+
+def reference_cost(Xd, As):
+    """||X − S_L (A0 … A_L)ᵀ||² with every q solved row by row by scipy.optimize.nnls."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    prev = Xd
+    for A in As:
+        prev = np.array([scipy_nnls(A, row, maxiter=1000)[0] for row in prev])
+    P = As[0]
+    for A in As[1:]:
+        P = P @ A
+    return float(np.sum((Xd - prev @ P.T) ** 2)), prev
+
+
+@pytest.fixture
+def spmm_on(monkeypatch):
+    from dnmf_dask.kernels import _env
+
+    if _env.spmm_module() is None:
+        pytest.skip("numba not available")
+    monkeypatch.setattr(_env, "SPMM_MIN_NNZ", 0)
+    monkeypatch.delenv(_env.SPMM_ENV, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("spmm", ["1", "0"])
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_sparse_float32_block_matches_an_independent_reference(spmm_on, spmm, n_layers):
+    """A float32 CSR block with the model's float64 factors (the products read the float32
+    values as stored, through kernels/spmm.py or scipy): forward pass, cost and layer energies
+    equal scipy.optimize.nnls row by row and the dense residual; gradients equal central
+    differences of that reference cost."""
+    spmm_on.setenv("DNMF_DASK_SPMM", spmm)
+    _, X32, As, _ = sparse_float32_problem({1: 0, 2: 1, 3: 2}[n_layers], n_layers)
+    Xd = X32.toarray().astype(np.float64)
+    margin, _ = support_margin(Xd, As)
+    assert margin > 1e-4  # the supports cannot change under the FD step
+    ref_cost, ref_SL = reference_cost(Xd, As)
+    c, grads, gB, ex = chunk_cost_grad(X32, As, return_S=True)
+    assert gB is None and all(g.dtype == np.float64 for g in grads)
+    assert c == pytest.approx(ref_cost, rel=1e-9)
+    assert ex["recon_sq"] == pytest.approx(ref_cost, rel=1e-9)
+    assert ex["x_sq"] == pytest.approx(float(np.sum(Xd ** 2)), rel=1e-14)
+    np.testing.assert_allclose(ex["S"][-1], ref_SL, rtol=1e-8, atol=1e-10)
+    prev, energies = Xd, []
+    for A, Sl in zip(As, ex["S"]):
+        energies.append(float(np.sum((prev - Sl @ A.T) ** 2)))
+        prev = Sl
+    np.testing.assert_allclose(ex["layer_sq"], energies, rtol=1e-9)
+    # central differences of the reference cost (independent of the kernel's backward pass)
+    for g, gn in zip(grads, central_differences(lambda As_: reference_cost(Xd, As_)[0], As)):
+        assert rel_err(g, gn) <= 1e-5
+    c_lw, g_lw, _, _ = chunk_cost_grad(X32, As, cost="layerwise")
+    assert c_lw == pytest.approx(sum(energies), rel=1e-9)
+    # central differences of the layer-wise energy on the dense block (the residual form)
+    ref_lw = central_differences(lambda As_: chunk_cost_grad(Xd, As_, cost="layerwise")[0], As)
+    for g, gn in zip(g_lw, ref_lw):
+        assert rel_err(g, gn) <= 1e-5
+
+
+@pytest.mark.parametrize("cost", ["reconstruction", "layerwise"])
+def test_sparse_products_through_spmm_equal_scipy_for_float64_input(spmm_on, cost):
+    """On a float64 CSR block the kernel's products (spmm) and scipy's give the same pass to
+    1e-12, labels included; a float32 block with float64 factors gives its float64 copy's pass."""
+    rng, X, As, B = make_problem(3, 3)
+    X = sp.csr_matrix(np.where(rng.random(X.shape) < 0.4, 0.0, X))
+    y = rng.integers(-1, N_CLASSES, N_ROWS)
+    on = chunk_cost_grad(X, As, B, y, 0.7, cost)
+    spmm_on.setenv("DNMF_DASK_SPMM", "0")
+    off = chunk_cost_grad(X, As, B, y, 0.7, cost)
+    assert on[0] == pytest.approx(off[0], rel=1e-12)
+    for g, h in zip(on[1] + [on[2]], off[1] + [off[2]]):
+        np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12 * np.abs(h).max())
+    _, X32, As, _ = sparse_float32_problem(3, 3)
+    for spmm in ("1", "0"):
+        spmm_on.setenv("DNMF_DASK_SPMM", spmm)
+        got, ref = chunk_cost_grad(X32, As, cost=cost), chunk_cost_grad(X32.astype(np.float64), As, cost=cost)
+        assert got[0] == pytest.approx(ref[0], rel=1e-12)
+        for g, h in zip(got[1], ref[1]):
+            np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12 * np.abs(h).max())
+
+
+def test_sparse_all_float32_through_spmm(spmm_on):
+    """Float32 block and float32 factors: float32 results (the products accumulate in float32,
+    as scipy's), close to the float64 reference."""
+    _, X32, As, B = sparse_float32_problem(6, 2)
+    As32 = [a.astype(np.float32) for a in As]
+    c32, g32, _, ex = chunk_cost_grad(X32, As32, return_S=True)
+    assert all(g.dtype == np.float32 for g in g32) and all(s.dtype == np.float32 for s in ex["S"])
+    Xd = X32.toarray().astype(np.float64)
+    As_r = [a.astype(np.float64) for a in As32]
+    assert c32 == pytest.approx(reference_cost(Xd, As_r)[0], rel=1e-4)
+    for a, b in zip(g32, chunk_cost_grad(Xd, As_r)[1]):
+        np.testing.assert_allclose(a, b, atol=1e-3 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("spmm", ["1", "0"])
+def test_sparse_non_finite_values_are_rejected(spmm_on, spmm):
+    """A sparse block's values are checked through ||X||² (and one by one only if that is not
+    finite): NaN and inf are rejected, by chunk_cost_grad and by BlockPass."""
+    from dnmf_dask.kernels.neural import BlockPass
+
+    spmm_on.setenv("DNMF_DASK_SPMM", spmm)
+    _, X32, As, _ = sparse_float32_problem(0, 2)
+    for bad in (np.nan, np.inf, -np.inf):
+        Xb = X32.copy()
+        Xb.data[3] = bad
+        with pytest.raises(DNMFValueError, match="X: expected finite"):
+            chunk_cost_grad(Xb, As)
+        with pytest.raises(DNMFValueError, match="X: expected finite"):
+            BlockPass(Xb)
+    bp = BlockPass(X32)
+    assert bp._X_as(np.float64) is bp.X  # a float32 block is not copied to float64
+    c, grads, _, _ = bp(As)
+    ref = chunk_cost_grad(X32.astype(np.float64), As)
+    assert c == pytest.approx(ref[0], rel=1e-12)

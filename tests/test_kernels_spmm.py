@@ -281,3 +281,32 @@ def test_numba_switched_off_means_no_spmm_and_no_numba_import():
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(dd.__file__)), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("k", [7, 20])
+def test_float32_block_in_float64_products_is_read_as_stored(rng, k):
+    """A float32 CSR block times float64 factors: the kernels read the float32 values (no float64
+    copy) and widen them exactly, so the results are those of the block's float64 copy (to the
+    last bit or two: the compiled code may contract other products into FMAs), and equal the
+    dense float64 products."""
+    for X in _blocks(rng, np.float32):
+        X64 = X.astype(np.float64)
+        D = _dense(X)
+        A = rng.random((X.shape[1], k))
+        S = rng.random((X.shape[0], k))
+        assert spmm._csr(X, np.float64)[2] is X.data  # not converted
+        XA = spmm.csr_dense(X, A)
+        assert XA.dtype == np.float64
+        np.testing.assert_allclose(XA, spmm.csr_dense(X64, A), rtol=1e-15, atol=0)
+        np.testing.assert_allclose(XA, D @ A, **TOL[np.float64])
+        XtS = spmm.csr_t_dense(X, S)
+        assert XtS.dtype == np.float64
+        np.testing.assert_allclose(XtS, spmm.csr_t_dense(X64, S), rtol=1e-15, atol=0)
+        np.testing.assert_allclose(XtS, D.T @ S, **TOL[np.float64])
+        den = S @ (A.T @ A)
+        got, ref = spmm.mu_step(X, S, A, den), spmm.mu_step(X64, S, A, den)
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(g, r, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(got[0], S * (D @ A) / den, **TOL[np.float64])
+    Xi = sp.csr_matrix(np.array([[0, 2], [3, 0]], dtype=np.int64))  # other dtypes are converted
+    np.testing.assert_array_equal(spmm.csr_dense(Xi, np.eye(2)), [[0.0, 2.0], [3.0, 0.0]])

@@ -54,12 +54,14 @@ supports select (it is exact away from support changes, which is "nearly always"
 from __future__ import annotations
 
 import numbers
+import time
 
 import numpy as np
 import scipy.sparse as sp
 
 from dnmf_dask.errors import DNMFTypeError, DNMFValueError
-from dnmf_dask.kernels.nmf import EPS
+from dnmf_dask.kernels._env import spmm_module, spmm_wanted
+from dnmf_dask.kernels.nmf import EPS, sparse_t_times, sparse_times
 from dnmf_dask.kernels.solvers import canonical_loss
 from dnmf_dask.kernels.nnls import (
     _PassiveSolver,
@@ -94,6 +96,33 @@ _NEWTON_LAST_STEP = 1e-12
 _HESSIAN_ROWS = 4096
 
 
+#: a profiler's dict (``pipelines/bench/bench_neural_block.py`` sets it): the forward pass and
+#: :func:`_cost_then_grad` then add the CPU seconds of each of their stages to it under the
+#: stage's name; None (the default) times nothing
+STAGE_TIMES = None
+
+
+def _no_tick(name):
+    pass
+
+
+def _ticker():
+    """``tick(name)``: adds the CPU time since the previous tick to ``STAGE_TIMES[name]``
+    (``tick(None)`` only restarts the clock); a no-op unless a profiler set :data:`STAGE_TIMES`."""
+    times = STAGE_TIMES
+    if times is None:
+        return _no_tick
+    last = [time.process_time()]
+
+    def tick(name):
+        now = time.process_time()
+        if name is not None:
+            times[name] = times.get(name, 0.0) + now - last[0]
+        last[0] = now
+
+    return tick
+
+
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
@@ -112,9 +141,18 @@ def _check_inputs(X, A_list):
     X = _as_data_2d("X", X)
     As = _check_factors(A_list, X.shape[1])
     dt = _float_dtype(X.dtype, *[A.dtype for A in As])
-    X = X.astype(dt, copy=False)
     As = [np.asarray(A, dtype=dt) for A in As]
-    return X, As, dt
+    return _data_in(X, dt), As, dt
+
+
+def _data_in(X, dt):
+    """X as the kernels of dtype ``dt`` use it: a sparse X with float32 values is kept as it is
+    (its products with float64 factors widen each value as they read it, which is exact: the
+    results of a float64 copy, without the copy's time and memory per pass); anything else is
+    converted to ``dt``."""
+    if sp.issparse(X) and X.dtype == np.float32:
+        return X
+    return X.astype(dt, copy=False)
 
 
 def _check_model(A_list, X, y, B, lam):
@@ -180,7 +218,7 @@ def _check_warm(S0, n, As):
     return P0
 
 
-def _forward(X, As, dt, solver, P0s=None):
+def _forward(X, As, dt, solver, P0s=None, tick=_no_tick):
     """Forward pass; returns (S list, passive solvers, C0 = X @ A[0]).
 
     ``P0s``: optional supports (one boolean (n, k_l) array or None per layer, see
@@ -194,14 +232,18 @@ def _forward(X, As, dt, solver, P0s=None):
         max_iter, tol = _solver_opts(solver, k)
         A64 = np.asarray(A, dtype=np.float64)
         ps = _PassiveSolver(A64.T @ A64)
-        C = np.asarray(prev @ A)
         if C0 is None:
-            C0 = C
+            C0 = C = sparse_times(X, A)  # (kernels/spmm.py's kernel for a large CSR block)
+            tick("X @ A0")
+        else:
+            C = prev @ A
+            tick("S @ A (dense)")
         if C.shape[0] == 0:
             Sl = np.zeros((0, k), dtype=dt)
         else:
             S64, _ = _nnls_core(ps, np.asarray(C, dtype=np.float64), P0, max_iter, tol)
             Sl = S64.astype(dt, copy=False)
+        tick(f"nnls layer {len(S)}")
         S.append(Sl)
         solvers.append(ps)
         prev = Sl
@@ -516,11 +558,14 @@ def _log_softmax(Z):
 
 
 def _sqnorm(M):
+    """||M||_F² summed in float64 (a sparse M's duplicate entries summed first)."""
     if sp.issparse(M):
         if not M.has_canonical_format:
             M = M.copy()
             M.sum_duplicates()
         d = M.data
+        if d.dtype in (np.float32, np.float64) and spmm_wanted(M, 1):
+            return spmm_module().sq_norm(d)  # one streaming pass, no float64 copy
     else:
         d = np.asarray(M).ravel()
     return float(np.dot(d.astype(np.float64, copy=False), d.astype(np.float64, copy=False)))
@@ -573,10 +618,26 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     label_loss = _check_cost(cost, label_loss)
     if not isinstance(return_S, (bool, np.bool_)):
         raise DNMFTypeError(f"return_S: expected a bool, found {type(return_S).__name__}")
-    X = _as_data_2d("X", X)
+    X, x_sq = _checked_data(X)
     As, B, y, labeled, dt = _check_model(A_list, X, y, B, lam)
-    return _cost_grad(X.astype(dt, copy=False), As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
-                      _check_warm(S0, X.shape[0], As))
+    return _cost_grad(_data_in(X, dt), As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
+                      _check_warm(S0, X.shape[0], As), x_sq=x_sq)
+
+
+def _checked_data(X):
+    """``(X, ||X||²)`` of a checked block (:func:`_as_data_2d`: dense or CSR, finite values).
+
+    A sparse block's values are checked through ||X||², which the cost needs anyway: it is
+    finite when they all are (float64 squares overflow only beyond 1e154), and only when it is
+    not are the values looked at one by one (one pass over the block instead of two)."""
+    if not sp.issparse(X):
+        X = _as_data_2d("X", X)
+        return X, _sqnorm(X)
+    X = _as_data_2d("X", X, check_finite=False)
+    x_sq = _sqnorm(X)
+    if not np.isfinite(x_sq):
+        X = _as_data_2d("X", X)  # raises on NaN or inf (else the squares overflowed)
+    return X, x_sq
 
 
 #: a dense block of at least this many entries takes the Gram form of :func:`_cost_then_grad`
@@ -612,13 +673,16 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     L = len(As) - 1
     kL = As[-1].shape[1]
     # Gram form (sparse X, or dense X of at least DENSE_GRAM_MIN_SIZE entries): the residuals
-    # X − S Aᵀ are never formed; the costs and gradients come from X P, Xᵀ S and k × k Grams
+    # X − S Aᵀ are never formed; the costs and gradients come from the forward pass's X A[0],
+    # one product Xᵀ R0 (k0 columns) and k-column dense products and k × k Grams
     gram = sp.issparse(X) or X.size >= DENSE_GRAM_MIN_SIZE
+    tick = _ticker()
 
-    S, solvers, C0 = _forward(X, As, dt, solver, P0)
+    S, solvers, C0 = _forward(X, As, dt, solver, P0, tick)
     SL = S[L]
     if x_sq is None:
         x_sq = _sqnorm(X)
+        tick("||X||^2")
 
     # products P = A0 A1 ... AL (prefix) and suffixes A_{l+1} ... A_L
     pre = [As[0]]
@@ -633,7 +697,8 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     # --- full-product reconstruction error (reported always; the cost for "reconstruction")
     StS_L = SL.T @ SL
     if gram:
-        XP = np.asarray(X @ P)
+        # X P = (X A[0]) A[1] ... A[L]: from the forward pass's X A[0], no second product with X
+        XP = C0 if L == 0 else C0 @ suf[0]
         PtP = P.T @ P
         recon_sq = x_sq - 2.0 * _fsum_prod(SL, XP) + _fsum_prod(StS_L, PtP)
     else:
@@ -687,13 +752,14 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
     }
     if return_S:
         extras["S"] = S
+    tick("cost")
     yield float(total), extras
+    tick(None)
 
     grads = [np.zeros_like(A) for A in As]
     gS = [np.zeros_like(Sl) for Sl in S]  # direct dC/dS[l] (then accumulated adjoints)
     # grads[0] += X.T @ R0 collects every product with X^T, done once at the end
     R0 = np.zeros_like(S[0])
-    need_XtSL = False  # the Gram-form reconstruction cost with L >= 1 also needs X^T S[L]
 
     # --- the chosen cost's direct (S fixed) gradients
     if cost == "reconstruction":
@@ -705,10 +771,15 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
                 left = pre[l - 1] if l > 0 else None
                 rest = dP_rest @ suf[l].T
                 grads[l] += rest if left is None else left.T @ rest
-            # and the X^T parts -2 pre[l-1]^T (X^T S_L) suf[l]^T: for l = 0 into R0, for
-            # l >= 1 from X^T S_L computed with R0 at the end
+            # and the X^T parts -2 pre[l-1]^T (X^T S_L) suf[l]^T: for l = 0 into R0 (X^T R0
+            # at the end), for l >= 1 as -2 (X pre[l-1])^T S_L suf[l]^T with
+            # X pre[l-1] = (X A[0]) A[1] ... A[l-1] from the forward pass (no product with X)
             R0 += -2.0 * (SL @ suf[0].T)
-            need_XtSL = L >= 1
+            Xpre = C0
+            for l in range(1, L + 1):
+                grads[l] += -2.0 * ((Xpre.T @ SL) @ suf[l].T)
+                if l < L:
+                    Xpre = Xpre @ As[l]
         else:
             gS[L] += -2.0 * (E @ P)
             dP_full = -2.0 * (E.T @ SL)
@@ -738,10 +809,12 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
             grad_B += lam * (dZ.T @ SL[lab])
 
     # --- reverse-mode propagation through q(A[l], S[l-1]), l = L..0
+    tick("backward (dense)")
     for l in range(L, -1, -1):
         g = gS[l]
         supp = S[l] > 0
         D = solvers[l].solve(np.asarray(g, dtype=np.float64), supp).astype(dt, copy=False)
+        tick("backward (passive solves)")
         StD = S[l].T @ D
         grads[l] -= As[l] @ (StD + StD.T)
         if l == 0:
@@ -749,17 +822,11 @@ def _cost_then_grad(X, As, B, y, labeled, lam, cost, label_loss, dt, solver, ret
         else:
             grads[l] += S[l - 1].T @ D
             gS[l - 1] += D @ As[l].T
+        tick("backward (dense)")
 
-    # --- the products with X^T (one pass over X for all of them)
-    if need_XtSL:
-        k0 = As[0].shape[1]
-        XtM = np.asarray(X.T @ np.hstack([R0, SL]))
-        grads[0] += XtM[:, :k0]
-        XtSL = XtM[:, k0:]
-        for l in range(1, L + 1):
-            grads[l] += -2.0 * (pre[l - 1].T @ (XtSL @ suf[l].T))
-    else:
-        grads[0] += np.asarray(X.T @ R0)
+    # --- the one product with X^T (kernels/spmm.py's kernel for a large CSR block)
+    grads[0] += sparse_t_times(X, R0)
+    tick("X.T @ R0")
     yield grads, grad_B
 
 
@@ -767,7 +834,8 @@ class BlockPass:
     """:func:`chunk_cost_grad` of one fixed block, evaluated once per pass of a fit.
 
     The single-block fast path of :class:`dnmf_dask.NeuralNMF`: ``X`` is checked (finite
-    values, format) and converted to each floating dtype once instead of every pass, and every
+    values, format) and converted to each floating dtype once instead of every pass (a sparse
+    float32 block is not converted at all, :func:`_data_in`), and every
     call warm-starts each layer's NNLS from the supports of the previous call's forward pass
     (the solutions are the same; a support that is already right ends the pivoting at once).
     A call returns what ``chunk_cost_grad(X, A_list, B, y, lam, cost,
@@ -786,8 +854,7 @@ class BlockPass:
     def __init__(self, X, y=None, lam=0.0, cost="reconstruction", label_loss="frobenius", *, layer_energies=True):
         label_loss = _check_cost(cost, label_loss)
         self._X = {}
-        self.X = _as_data_2d("X", X)
-        self.x_sq = _sqnorm(self.X)
+        self.X, self.x_sq = _checked_data(X)
         self.y, self.lam, self.cost, self.label_loss = y, lam, cost, label_loss
         self.layer_energies = layer_energies
         self.S = None  # the last call's forward pass
@@ -796,7 +863,7 @@ class BlockPass:
     def _X_as(self, dt):
         dt = np.dtype(dt)
         if dt not in self._X:
-            self._X[dt] = self.X.astype(dt, copy=False)
+            self._X[dt] = _data_in(self.X, dt)
         return self._X[dt]
 
     def __call__(self, A_list, B=None):
