@@ -85,7 +85,7 @@ class Blocks:
             return self
         if self.in_memory and local_scheduler():
             return replace(self, persisted=True)
-        X = [_read_task(x) if isinstance(x, StoredBlock) else x for x in self.X]
+        X = [x.delayed() if isinstance(x, StoredBlock) else x for x in self.X]
         Xp = list(dask.persist(*X))
         Wp = None if self.W is None else list(dask.persist(*self.W))
         return replace(self, X=Xp, W=Wp, persisted=True)
@@ -95,10 +95,6 @@ class Blocks:
         if self.sparse:
             return int((nnz or 0) * (item + 4) + 8 * (self.n_samples + self.n_blocks))
         return int(self.n_samples * self.n_features * item)
-
-
-def _read_task(block: StoredBlock):
-    return dask.delayed(StoredBlock.load, pure=True)(block, dask_key_name=f"load-corpus-{block.path}-{block.index}")
 
 
 def _split_in_memory(X, offsets, prefix):

@@ -180,6 +180,10 @@ class StoredBlock:
         """The block as a ``scipy.sparse.csr_matrix`` (sparse corpora) or numpy array."""
         return _load_block(self.path, self.index, self.sparse, self.shape, self.dtype)
 
+    def delayed(self):
+        """A dask task reading the block (one key per stored block: dask's own read task)."""
+        return dask.delayed(StoredBlock.load, pure=True)(self, dask_key_name=f"load-corpus-{self.path}-{self.index}")
+
     def __reduce__(self):  # a plain tuple on the wire (no pickle of numpy dtype objects' classes)
         return (StoredBlock, (self.path, self.index, self.sparse, self.shape, self.dtype.str))
 
@@ -413,7 +417,7 @@ def open_corpus(path) -> Corpus:
                 raise StoreError(f"corpus {str(p)!r}: block X/{i} has {node['indptr'].shape[0] - 1} rows, expected {shape[0]}")
         elif tuple(node.shape) != shape:
             raise StoreError(f"corpus {str(p)!r}: block X/{i} has shape {tuple(node.shape)}, expected {shape}")
-        d = dask.delayed(_load_block, pure=True)(spath, i, sparse, shape, dtype, dask_key_name=f"load-corpus-{spath}-{i}")
+        d = StoredBlock(spath, i, sparse, shape, dtype).delayed()
         parts.append(da.from_delayed(d, shape=shape, dtype=dtype, meta=meta))
     X = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     out = Corpus(X=X, attrs=a, path=p)
