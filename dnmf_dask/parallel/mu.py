@@ -141,7 +141,8 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
 
     Parameters
     ----------
-    blocks : row blocks of the data; S_blocks : per-block initial S (Delayed); A : (n_features, k)
+    blocks : row blocks of the data; S_blocks : per-block initial S (Delayed), taken over: a list
+        is emptied (its blocks are freed as the first pass consumes them); A : (n_features, k)
     B, y, lam : classifier start, label codes (-1 = unlabeled) and weight (SSNMF); None = NMF.
     semi : Semi-NMF (A free in sign) instead of NMF.
     keep_S : keep the final S blocks (persisted) in the result.
@@ -211,7 +212,11 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     with one_blas_thread(driver=True):
         stop_reason, n_iter = "max_iter", first - 1
         bar = progress.Progress(progress_label, max_iter, start=first - 1)
-        cur = submit(S_blocks, _initial_state(A, B), first <= max_iter)
+        cur = submit(list(S_blocks), _initial_state(A, B), first <= max_iter)
+        if isinstance(S_blocks, list):
+            # the caller's list too: a fit's initial S blocks (e.g. a random init's) must not
+            # outlive the first pass's tasks, which consume them (S_in keeps them when needed)
+            S_blocks.clear()
         S_blocks = None
         if first <= max_iter:
             cur.S_in = None  # only an evaluation pass's input S is the result
