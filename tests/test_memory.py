@@ -198,3 +198,116 @@ def test_in_memory_blocks_are_sent_only_to_a_cluster(local_cluster, scheduler):
         np.testing.assert_array_equal(got, X)
         if scheduler != "client":
             assert np.shares_memory(got, X)  # the block itself, not a computed copy
+
+
+_FRAGMENT = r"""
+import sys, numpy as np
+from dnmf_dask.parallel import memory
+memory.release_free_heap(limit=2**30)  # the first call takes the RSS as its base
+kept, holes = [], []
+for _ in range(160):  # 1 MiB buffers between small arrays that stay: freeing them leaves holes
+    holes.append(np.ones(2**17))
+    kept.append(np.ones(2**13))
+del holes
+before = memory._rss()
+freed = memory.release_free_heap(limit=2**30)
+again = memory.release_free_heap(limit=2**30)
+print(before, freed, again, memory._rss(), memory.release_free_heap())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc and glibc")
+def test_release_free_heap_gives_back_the_holes_once():
+    import subprocess
+    import sys
+
+    from dnmf_dask.parallel import memory
+
+    if memory._glibc() is None:
+        pytest.skip("not glibc")
+    # the heap settings of the library's large workers: 1 MiB buffers come from the heap
+    env = {**os.environ, **{k: str(v) for k, v in WORKER_MALLOC_ENV.items()}}
+    out = subprocess.run([sys.executable, "-c", _FRAGMENT], env=env, capture_output=True, text=True, check=True)
+    before, freed, again, after, outside = (int(v) for v in out.stdout.split())
+    assert freed >= 100 * 2**20, (before, freed, after)  # most of the 160 MiB of holes
+    assert after <= before - 100 * 2**20
+    assert again == 0  # the RSS has not grown since: no second trim
+    assert outside == 0  # not on a distributed worker: nothing to do
+
+
+def test_release_free_heap_waits_for_the_rss_to_grow(monkeypatch):
+    from dnmf_dask.parallel import memory
+
+    trims = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            trims.append(pad)
+
+    rss = [500 * 2**20]
+    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(memory, "_rss", lambda: rss[0])
+    monkeypatch.setattr(memory, "_RSS_AFTER_TRIM", [0])
+    limit = 2**31  # growth threshold: max(64 MiB, limit / 16 = 128 MiB)
+    assert memory.release_free_heap(limit=limit) == 0 and not trims  # the first call sets the base
+    rss[0] += 100 * 2**20
+    assert memory.release_free_heap(limit=limit) == 0 and not trims  # grown by less than 128 MiB
+    rss[0] += 100 * 2**20
+    memory.release_free_heap(limit=limit)
+    assert trims == [0]
+    rss[0] -= 300 * 2**20  # shrank below the base: the base follows it down
+    memory.release_free_heap(limit=limit)
+    rss[0] += 129 * 2**20
+    memory.release_free_heap(limit=limit)
+    assert trims == [0, 0]
+    assert memory.release_free_heap() == 0  # outside a worker: no limit, nothing done
+
+
+def test_reading_tasks_release_the_heap(tmp_path, monkeypatch):
+    from dnmf_dask.parallel import mapreduce
+    from dnmf_dask.store.corpus import open_corpus, stored_blocks, write_corpus
+
+    X = sp.random(60, 10, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=20)
+    calls = []
+    monkeypatch.setattr(mapreduce, "release_free_heap", lambda: calls.append(1))
+    blocks = stored_blocks(open_corpus(tmp_path / "c.zarr"), np.float32)
+    nnz = mapreduce._reading(lambda Xb, k: (Xb.nnz * k, {}), blocks[1], 2)
+    assert nnz == (X[20:40].nnz * 2, {}) and calls == [1]
+    with pytest.raises(ZeroDivisionError):  # released on errors too
+        mapreduce._reading(lambda Xb: 1 / 0, blocks[0])
+    assert calls == [1, 1]
+
+
+def test_fit_releases_the_initial_S_after_the_first_pass(local_cluster, tmp_path, monkeypatch):
+    """The initial S blocks (a random init's) are the caller's list, which ``fit_mu`` empties: the
+    cluster frees them once the first pass has consumed them, not at the end of the fit."""
+    from distributed import Client
+
+    from dnmf_dask import NMF, open_corpus
+    from dnmf_dask.parallel import mu
+    from dnmf_dask.store.corpus import write_corpus
+
+    X = sp.random(400, 40, density=0.1, format="csr", random_state=0, dtype=np.float32)
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=100)
+    initial, alive, lists = [], [], []
+    real_fit, real_stats = mu.fit_mu, mu._Pass.stats
+
+    def fit_mu(blocks, S_blocks, *a, **kw):
+        initial.extend(str(d.key) for d in S_blocks)
+        lists.append(S_blocks)
+        return real_fit(blocks, S_blocks, *a, **kw)
+
+    def stats(self):
+        out = real_stats(self)
+        import gc
+
+        gc.collect()
+        alive.append(sum(k in Client.current().refcount for k in initial))
+        return out
+
+    monkeypatch.setattr("dnmf_dask.models.nmf.fit_mu", fit_mu)
+    monkeypatch.setattr(mu._Pass, "stats", stats)
+    NMF(3, init="random", max_iter=4, tol=0, random_state=0, scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
+    assert len(initial) == 4 and lists == [[]]
+    assert alive[0] == 0  # already after the first pass (the driver holds none of them)

@@ -17,6 +17,7 @@ import dask
 import numpy as np
 
 from ..store.corpus import StoredBlock
+from .memory import release_free_heap
 from .scheduler import local_scheduler
 
 FAN_IN = 8
@@ -165,8 +166,16 @@ def shared(value, prefix="shared"):
 
 
 def _reading(func, *args, **kw):
-    """``func(*args, **kw)`` with every :class:`StoredBlock` among ``args`` read from its store first."""
-    return func(*[a.load() if isinstance(a, StoredBlock) else a for a in args], **kw)
+    """``func(*args, **kw)`` with every :class:`StoredBlock` among ``args`` read from its store first.
+
+    On a distributed worker the heap's free pages then go back to the OS when many have piled up
+    (:func:`~dnmf_dask.parallel.memory.release_free_heap`): a streamed corpus allocates and frees
+    a block's buffers in every task, and the holes they leave would count against the worker's
+    memory_limit."""
+    try:
+        return func(*[a.load() if isinstance(a, StoredBlock) else a for a in args], **kw)
+    finally:
+        release_free_heap()
 
 
 def _block_tasks(func, per_block, shared_kwargs):
