@@ -1,3 +1,4 @@
+import time
 import warnings
 
 import numpy as np
@@ -395,7 +396,15 @@ def test_warm_state_lineage_is_cut_on_a_cluster(sparse_semisupervised, local_clu
 
         monkeypatch.setattr(parallel_neural, "map_reduce", counted)
         m = dd.NeuralNMF((9, 4), scheduler=local_cluster, **kw).fit(X, ym)
+        n_tasks = lambda: local_cluster.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))  # noqa: E731
+        for _ in range(50):  # (the client tells the scheduler of released futures asynchronously)
+            if n_tasks() < counts[0]:
+                break
+            time.sleep(0.1)
+        after.append(n_tasks())
         return m, counts, warm
+
+    after = []
 
     cut, counts_cut, warm_cut = fits(1)
     assert parallel_neural.max_chain(cut.A_, cut.B_, local=False) == 2
@@ -404,4 +413,5 @@ def test_warm_state_lineage_is_cut_on_a_cluster(sparse_semisupervised, local_clu
     assert warm_uncut[0] is False and all(warm_uncut[1:])
     assert max(counts_cut) == max(counts_cut[:4])  # flat (9, 15, 9, 15, ... tasks)
     assert np.all(np.diff(counts_uncut) > 0)  # one more pass kept each time (9, 15, 21, ...)
+    assert after[1] < counts_uncut[0]  # the fit's end releases the kept supports and their lineage
     _assert_same_fit([here, cut, uncut])

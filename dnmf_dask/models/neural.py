@@ -414,6 +414,8 @@ class NeuralNMF(HierarchicalNMF):
             # pass, kept on the cluster; SGD's passes stay cold (parallel/neural.py says why)
             passes = NeuralPasses(per_block, warm=None if self.solver == "pgd" else False, **task_kw) \
                 if direct is None else None
+            if passes is not None:  # the kept supports (and on a cluster their lineage) go with the fit
+                held.callback(passes.release)
             if direct is not None:
                 held.enter_context(one_blas_thread(driver=True))
 

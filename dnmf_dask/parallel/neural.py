@@ -72,7 +72,6 @@ class NeuralPasses:
         self.use_warm = bool(WARM_STARTS if warm is None else warm)
         self.state = [None] * len(self.per_block)  # per block: persisted Supports of its last full pass
         self.chain = 0  # full passes the state descends from since the last cold one
-        self.n_cold = 0  # full passes started cold (for the tests)
 
     def __call__(self, As, B, idx=None):
         As_d = dask.delayed(list(As))
@@ -82,16 +81,19 @@ class NeuralPasses:
             return st
         if not self.use_warm:
             _, st = map_reduce(cost_grad_task, self.per_block, keep_outputs=False, As=As_d, B=B, **self.task_kw)
-            self.n_cold += 1
             return st
         limit = max_chain(As, B)
         if self.state[0] is not None and limit is not None and self.chain >= limit:
             self.state = [None] * len(self.per_block)  # a cold pass: the old lineage is forgotten
         if self.state[0] is None:
             self.chain = 0
-            self.n_cold += 1
         items = [(*pb, w) for pb, w in zip(self.per_block, self.state)]
         out, st = map_reduce(cost_grad_task, items, keep_outputs=True, As=As_d, B=B, **self.task_kw)
         self.state = out
         self.chain += 1
         return st
+
+    def release(self):
+        """Drop the kept supports (a cluster frees them and forgets their lineage)."""
+        self.state = [None] * len(self.per_block)
+        self.chain = 0
