@@ -254,14 +254,12 @@ def _check_warm(S0, n, As):
 
 
 def _check_supports(S0, n, As):
-    """The boolean supports of a :class:`Supports` checked against the block (n rows) and the factors."""
+    """The boolean supports of a :class:`Supports`, checked against the block (n rows) and the factors."""
     shapes, bits = S0
-    if not isinstance(shapes, (list, tuple)) or not isinstance(bits, (list, tuple)) \
-            or len(shapes) != len(As) or len(bits) != len(As):
-        raise DNMFValueError(f"S0: expected Supports of {len(As)} layers, found "
-                             f"{len(shapes) if isinstance(shapes, (list, tuple)) else type(shapes).__name__} shapes and "
-                             f"{len(bits) if isinstance(bits, (list, tuple)) else type(bits).__name__} bit arrays")
-    P0 = []
+    if not (isinstance(shapes, (list, tuple)) and isinstance(bits, (list, tuple))
+            and len(shapes) == len(bits) == len(As)):
+        found = [len(v) if isinstance(v, (list, tuple)) else type(v).__name__ for v in (shapes, bits)]
+        raise DNMFValueError(f"S0: expected Supports of {len(As)} layers, found {found[0]} shapes and {found[1]} bit arrays")
     for l, (shape, b, A) in enumerate(zip(shapes, bits, As)):
         want = (n, A.shape[1])
         if tuple(shape) != want:
@@ -271,9 +269,7 @@ def _check_supports(S0, n, As):
         if b.dtype != np.uint8 or b.shape != (nbytes,):
             raise DNMFValueError(f"S0.bits[{l}]: expected {nbytes} packed uint8 (np.packbits of {want} booleans), "
                                  f"found dtype {b.dtype} shape {b.shape}")
-        n_, k_ = want
-        P0.append(np.unpackbits(b, count=n_ * k_).reshape(want).view(bool))
-    return P0
+    return [Supports(tuple(map(tuple, shapes)), tuple(bits)).layer(l) for l in range(len(As))]
 
 
 def _forward(X, As, dt, solver, P0s=None, tick=_no_tick):

@@ -12,7 +12,9 @@ number of L-BFGS-B iterations, above all an unpenalised softmax one (no minimise
 codes), can: on sparse data it gave factors 30% apart between chunkings after 10 iterations.
 The exact NNLS layers make the cost only piecewise smooth; where a code sits at zero to within
 rounding, the summation order can still pick the other piece of the gradient (seen once in 12
-3-layer fits of 30 iterations: costs 8e-9 apart from then on).
+3-layer fits of 30 iterations: costs 8e-9 apart from then on). PGD's passes start each
+block's NNLS from the supports of the block's previous pass (in memory, or kept on the cluster:
+:mod:`dnmf_dask.parallel.neural`): the same solutions, fewer pivots.
 """
 
 from __future__ import annotations
