@@ -370,6 +370,71 @@ def test_warm_start_gives_the_same_pass():
         chunk_cost_grad(X, As, B, y, 0.7, S0=[ex["S"][0], ex["S"][0], ex["S"][2]])
 
 
+def test_packed_supports_warm_start_as_the_codes_they_pack():
+    """Supports.of(S) (one bit per code, what the dask path keeps of a block between passes) and
+    boolean supports warm-start chunk_cost_grad exactly as the float codes S0 themselves; the
+    packing round-trips, is 1/64 of the float64 codes, and a Supports of another block or other
+    ranks is one clear DNMFValueError per mismatch."""
+    from dnmf_dask.kernels.neural import Supports, _check_warm
+
+    rng, X, As, B = make_problem(2, 3)
+    y = labels(rng, "semisupervised")
+    S_other = forward(X, [A * (1.0 + 0.3 * rng.random(A.shape)) for A in As])  # other supports
+    sup = Supports.of(S_other)
+    assert sup.shapes == tuple(Sl.shape for Sl in S_other)
+    for l, Sl in enumerate(S_other):
+        np.testing.assert_array_equal(sup.layer(l), Sl > 0)
+        assert sup.bits[l].dtype == np.uint8 and sup.bits[l].size == -(-Sl.size // 8)
+    assert any((Sl > 0).any() and not (Sl > 0).all() for Sl in S_other)  # supports that say something
+    assert sup.nbytes * 64 <= sum(Sl.astype(np.float64).nbytes for Sl in S_other) + 64 * len(S_other)
+    for P, Sl in zip(_check_warm(sup, X.shape[0], As), S_other):
+        np.testing.assert_array_equal(P, Sl > 0)
+    ref = chunk_cost_grad(X, As, B, y, 0.7, return_S=True, S0=S_other)
+    for S0 in (sup, [Sl > 0 for Sl in S_other]):
+        got = chunk_cost_grad(X, As, B, y, 0.7, return_S=True, S0=S0)
+        assert got[0] == ref[0]
+        for a, b in zip(got[1] + [got[2]] + got[3]["S"], ref[1] + [ref[2]] + ref[3]["S"]):
+            np.testing.assert_array_equal(a, b)
+    cold = chunk_cost_grad(X, As, B, y, 0.7, return_S=True)
+    assert got[0] == pytest.approx(cold[0], rel=1e-12)  # and the pass is the cold one's
+    # wrong warm state: another block (rows), other ranks, other layers, damaged bits
+    n = X.shape[0]
+    with pytest.raises(DNMFValueError, match=r"S0.shapes\[0\]: expected \(%d, %d\), found \(%d, %d\)"
+                       % (n, As[0].shape[1], n - 1, As[0].shape[1])):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=Supports.of([Sl[:-1] for Sl in S_other]))
+    with pytest.raises(DNMFValueError, match=r"S0.shapes\[1\]"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=Supports.of([S_other[0], S_other[1][:, :-1], S_other[2]]))
+    with pytest.raises(DNMFValueError, match="S0: expected Supports of 3 layers, found 2"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=Supports.of(S_other[:2]))
+    with pytest.raises(DNMFValueError, match=r"S0.bits\[2\]: expected %d packed uint8" % -(-S_other[2].size // 8)):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=Supports(sup.shapes, sup.bits[:2] + (sup.bits[2][:-1],)))
+    with pytest.raises(DNMFValueError, match=r"S0.bits\[0\].*found dtype float64"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=Supports(sup.shapes, (sup.bits[0].astype(float),) + sup.bits[1:]))
+    with pytest.raises(DNMFValueError, match=r"S0\[0\]: expected shape"):
+        chunk_cost_grad(X, As, B, y, 0.7, S0=[Sl[:-1] > 0 for Sl in S_other])
+
+
+@pytest.mark.parametrize("cost", ["reconstruction", "layerwise"])
+def test_layer_energies_switch_skips_only_the_layer_energies(cost):
+    """chunk_cost_grad(layer_energies=False) (the dask task's call: the fit does not report them)
+    gives the same cost, gradients and statistics; layer_sq is None unless the cost is made of them."""
+    rng, X, As, B = make_problem(2, 3)
+    y = labels(rng, "semisupervised")
+    Xs = sp.csr_matrix(X)
+    for Xc in (X, Xs):
+        ref = chunk_cost_grad(Xc, As, B, y, 0.7, cost, return_S=True)
+        got = chunk_cost_grad(Xc, As, B, y, 0.7, cost, return_S=True, layer_energies=False)
+        assert got[0] == ref[0]
+        for a, b in zip(got[1] + [got[2]] + got[3]["S"], ref[1] + [ref[2]] + ref[3]["S"]):
+            np.testing.assert_array_equal(a, b)
+        for key in ("recon_sq", "x_sq", "label_sq", "label_loss", "n_labeled", "n_correct", "n_rows"):
+            assert got[3][key] == ref[3][key]
+        if cost == "layerwise":
+            np.testing.assert_array_equal(got[3]["layer_sq"], ref[3]["layer_sq"])
+        else:
+            assert got[3]["layer_sq"] is None and ref[3]["layer_sq"].shape == (3,)
+
+
 @pytest.mark.parametrize("sparse_X", [False, True])
 @pytest.mark.parametrize("cost", ["reconstruction", "layerwise"])
 def test_block_pass_equals_chunk_cost_grad(sparse_X, cost):

@@ -1,3 +1,4 @@
+import time
 import warnings
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_in_memory_single_block_runs_without_dask_and_matches_the_dask_path(toy,
     the same data goes through map_reduce; both give the same fit to 1e-10 (the direct path also warm-starts its NNLS)."""
     import dask.array as da
 
-    from dnmf_dask.models import neural
+    from dnmf_dask.parallel import neural as parallel_neural
 
     X, y = toy
     ym = y.copy()
@@ -88,7 +89,7 @@ def test_in_memory_single_block_runs_without_dask_and_matches_the_dask_path(toy,
     kw = dict(epochs=6, tol=0, random_state=2, init="random", label_loss=label_loss, scheduler="synchronous")
     graph = dd.NeuralNMF((6, 3), **kw).fit(da.from_array(X, chunks=X.shape), ym)
     calls = []
-    monkeypatch.setattr(neural, "map_reduce", lambda *a, **k: calls.append(1))  # must not be used
+    monkeypatch.setattr(parallel_neural, "map_reduce", lambda *a, **k: calls.append(1))  # must not be used
     direct = dd.NeuralNMF((6, 3), **kw).fit(X, ym)
     assert not calls
     for Fa, Fb in zip(direct.A_ + [direct.B_], graph.A_ + [graph.B_]):  # norm-wise, warm NNLS rounds
@@ -104,7 +105,7 @@ def test_in_memory_blocks_run_without_dask_and_match_the_dask_path(toy, label_lo
     in block order as the dask path's reduction; equal to the same chunking as a dask array."""
     import dask.array as da
 
-    from dnmf_dask.models import neural
+    from dnmf_dask.parallel import neural as parallel_neural
 
     X, y = toy
     ym = y.copy()
@@ -114,7 +115,7 @@ def test_in_memory_blocks_run_without_dask_and_match_the_dask_path(toy, label_lo
               chunk_rows=rows)
     graph = dd.NeuralNMF((6, 3), **kw).fit(da.from_array(X, chunks=(rows, X.shape[1])), ym)
     calls = []
-    monkeypatch.setattr(neural, "map_reduce", lambda *a, **k: calls.append(1))  # must not be used
+    monkeypatch.setattr(parallel_neural, "map_reduce", lambda *a, **k: calls.append(1))  # must not be used
     direct = dd.NeuralNMF((6, 3), **kw).fit(X, ym)
     assert not calls
     for Fa, Fb in zip(direct.A_ + [direct.B_], graph.A_ + [graph.B_]):
@@ -314,3 +315,103 @@ def test_default_cross_entropy_fit_on_sparse_data_same_on_a_cluster(sparse_semis
     here = dd.NeuralNMF((9, 4), scheduler="threads", **kw).fit(X, ym)
     there = dd.NeuralNMF((9, 4), chunk_rows=45, scheduler=local_cluster, **kw).fit(X, ym)
     _assert_same_fit([here, there])
+
+
+def _spy_warm(monkeypatch):
+    """Record, per call of the dask path's block task, whether it got a warm start."""
+    from dnmf_dask.parallel import neural as parallel_neural
+
+    real, calls = parallel_neural.cost_grad_task, []
+
+    def task(X, y, warm=None, **kw):
+        calls.append(warm is not None)
+        return real(X, y, warm, **kw)
+
+    monkeypatch.setattr(parallel_neural, "cost_grad_task", task)
+    return calls
+
+
+@pytest.mark.parametrize("solver", ["pgd", "sgd"])
+def test_dask_path_warm_starts_equal_cold_passes_and_the_direct_path(sparse_semisupervised, solver, monkeypatch):
+    """PGD on the dask path (a dask array of 3 CSR blocks) keeps each block's supports between
+    passes and starts its NNLS from them: only the first pass is cold. The fit equals the same
+    fit with every pass cold, and the direct in-memory path of the same blocks (which warm-starts
+    in memory): costs to 1e-10, factors to 1e-9. SGD's passes all stay cold (its fits amplify
+    last-bit differences, parallel/neural.py): the same fit as with warm starts switched off."""
+    import dask.array as da
+
+    from dnmf_dask.parallel import neural as parallel_neural
+
+    X, ym = sparse_semisupervised
+    rows = -(-X.shape[0] // 3)
+    kw = dict(label_loss="cross-entropy", epochs=8, tol=0, random_state=0, init="random", scheduler="threads",
+              chunk_rows=rows, solver=solver, learning_rate=1e-3)
+    Xd = da.from_array(X, chunks=(rows, X.shape[1]), asarray=False)
+    calls = _spy_warm(monkeypatch)
+    warm = dd.NeuralNMF((9, 4), **kw).fit(Xd, ym)
+    n_blocks, n_calls = 3, len(calls)
+    assert n_calls > 2 * n_blocks and n_calls % n_blocks == 0
+    if solver == "pgd":
+        assert calls[:n_blocks] == [False] * n_blocks  # the first pass is cold,
+        assert all(calls[n_blocks:])  # every other pass warm
+    else:
+        assert not any(calls)
+    calls.clear()
+    monkeypatch.setattr(parallel_neural, "WARM_STARTS", False)
+    cold = dd.NeuralNMF((9, 4), **kw).fit(Xd, ym)
+    assert len(calls) == n_calls and not any(calls)
+    assert warm.n_iter_ == cold.n_iter_ == 8
+    if solver == "sgd":
+        _assert_same_fit([cold, warm], cost_rtol=0, factor_rtol=0)
+        return
+    direct = dd.NeuralNMF((9, 4), **kw).fit(X, ym)  # no dask task at all
+    assert len(calls) == n_calls
+    _assert_same_fit([cold, warm, direct])
+
+
+def test_warm_state_lineage_is_cut_on_a_cluster(sparse_semisupervised, local_cluster, monkeypatch):
+    """On a distributed cluster the scheduler keeps the tasks (and the factors) every persisted
+    warm state descends from; parallel/neural.py cuts the chain by a cold pass once it holds
+    WARM_LINEAGE_BYTES of factors. With a budget of 1 byte (2 passes per chain) the scheduler's
+    task count stays flat while, uncut, it grows with every pass; both fits equal the in-process one."""
+    from dnmf_dask.parallel import neural as parallel_neural
+
+    assert parallel_neural.max_chain([np.zeros((100, 10))], local=True) is None
+    assert parallel_neural.max_chain([np.zeros((100, 10))], np.zeros((3, 10)), local=False) == parallel_neural.WARM_CHAIN_MAX
+    X, ym = sparse_semisupervised
+    kw = dict(label_loss="cross-entropy", epochs=6, tol=0, random_state=0, init="random", chunk_rows=45)
+    here = dd.NeuralNMF((9, 4), scheduler="threads", **kw).fit(X, ym)
+    real = parallel_neural.map_reduce
+
+    def fits(budget):
+        monkeypatch.setattr(parallel_neural, "WARM_LINEAGE_BYTES", budget)
+        counts, warm = [], []
+
+        def counted(func, items, **k):
+            out = real(func, items, **k)
+            if k.get("keep_outputs"):
+                warm.append(items[0][2] is not None)
+                counts.append(local_cluster.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+            return out
+
+        monkeypatch.setattr(parallel_neural, "map_reduce", counted)
+        m = dd.NeuralNMF((9, 4), scheduler=local_cluster, **kw).fit(X, ym)
+        n_tasks = lambda: local_cluster.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))  # noqa: E731
+        for _ in range(50):  # (the client tells the scheduler of released futures asynchronously)
+            if n_tasks() < counts[0]:
+                break
+            time.sleep(0.1)
+        after.append(n_tasks())
+        return m, counts, warm
+
+    after = []
+
+    cut, counts_cut, warm_cut = fits(1)
+    assert parallel_neural.max_chain(cut.A_, cut.B_, local=False) == 2
+    assert warm_cut[:4] == [False, True, False, True] and len(warm_cut) > 8
+    uncut, counts_uncut, warm_uncut = fits(2**40)
+    assert warm_uncut[0] is False and all(warm_uncut[1:])
+    assert max(counts_cut) == max(counts_cut[:4])  # flat (9, 15, 9, 15, ... tasks)
+    assert np.all(np.diff(counts_uncut) > 0)  # one more pass kept each time (9, 15, 21, ...)
+    assert after[1] < counts_uncut[0]  # the fit's end releases the kept supports and their lineage
+    _assert_same_fit([here, cut, uncut])

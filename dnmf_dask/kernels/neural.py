@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import numbers
 import time
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -73,7 +74,7 @@ from dnmf_dask.kernels.nnls import (
     _nnls_core,
 )
 
-__all__ = ["forward", "chunk_cost_grad", "BlockPass", "fit_classifier", "CLASSIFIER_GTOL", "classifier_objective", "unit_columns", "sum_results", "COSTS", "LABEL_LOSSES"]
+__all__ = ["forward", "chunk_cost_grad", "BlockPass", "Supports", "fit_classifier", "CLASSIFIER_GTOL", "classifier_objective", "unit_columns", "sum_results", "COSTS", "LABEL_LOSSES"]
 
 #: the supported cost functions.
 COSTS = ("reconstruction", "layerwise")
@@ -203,12 +204,46 @@ def _solver_opts(solver, k):
     return _check_max_iter(opts.get("max_iter"), k), _check_tol(opts.get("tol", 1e-10))
 
 
+class Supports(NamedTuple):
+    """The supports ``S[l] > 0`` of a forward pass, one bit per entry: all a warm start needs.
+
+    ``shapes[l]`` is ``(n, k_l)`` and ``bits[l]`` the row-major ``np.packbits`` of layer l's
+    boolean support (``ceil(n k_l / 8)`` uint8, so 3.75 KB per 1,000 rows for ranks (20, 10):
+    1/64 of the float64 S). What a Neural NMF pass on a dask cluster keeps of each block between
+    passes (:func:`dnmf_dask.parallel.tasks.cost_grad_task`); :func:`chunk_cost_grad` takes it
+    as ``S0``. Build it with :meth:`of`."""
+
+    shapes: tuple
+    bits: tuple
+
+    @classmethod
+    def of(cls, S_list):
+        """The supports of a forward pass ``[S[0], ..., S[L]]`` (arrays; an entry > 0 is in)."""
+        S_list = [np.asarray(Sl) for Sl in S_list]
+        return cls(tuple(tuple(int(d) for d in Sl.shape) for Sl in S_list),
+                   tuple(np.packbits(Sl > 0, axis=None) for Sl in S_list))
+
+    def layer(self, l):
+        """Layer ``l``'s support as a boolean ``shapes[l]`` array."""
+        n, k = self.shapes[l]
+        return np.unpackbits(self.bits[l], count=n * k).reshape(n, k).view(bool)
+
+    @property
+    def nbytes(self):
+        return sum(b.nbytes for b in self.bits)
+
+
 def _check_warm(S0, n, As):
-    """Passive sets of a warm start ``S0`` (a forward pass at nearby factors) or Nones."""
+    """Passive sets of a warm start ``S0`` or Nones: ``S0`` is a forward pass at nearby factors
+    (one (n, k_l) array per layer, float codes or booleans: an entry > 0 is in the support) or
+    its :class:`Supports`."""
     if S0 is None:
         return [None] * len(As)
+    if isinstance(S0, Supports):
+        return _check_supports(S0, n, As)
     if not isinstance(S0, (list, tuple)) or len(S0) != len(As):
-        raise DNMFValueError(f"S0: expected a list of {len(As)} arrays (one per layer) or None, found {type(S0).__name__}")
+        raise DNMFValueError(f"S0: expected a list of {len(As)} arrays (one per layer), their Supports or None, "
+                             f"found {type(S0).__name__}" + (f" of length {len(S0)}" if isinstance(S0, (list, tuple)) else ""))
     P0 = []
     for l, (Sl, A) in enumerate(zip(S0, As)):
         Sl = np.asarray(Sl)
@@ -216,6 +251,25 @@ def _check_warm(S0, n, As):
             raise DNMFValueError(f"S0[{l}]: expected shape {(n, A.shape[1])}, found {Sl.shape}")
         P0.append(Sl > 0)
     return P0
+
+
+def _check_supports(S0, n, As):
+    """The boolean supports of a :class:`Supports`, checked against the block (n rows) and the factors."""
+    shapes, bits = S0
+    if not (isinstance(shapes, (list, tuple)) and isinstance(bits, (list, tuple))
+            and len(shapes) == len(bits) == len(As)):
+        found = [len(v) if isinstance(v, (list, tuple)) else type(v).__name__ for v in (shapes, bits)]
+        raise DNMFValueError(f"S0: expected Supports of {len(As)} layers, found {found[0]} shapes and {found[1]} bit arrays")
+    for l, (shape, b, A) in enumerate(zip(shapes, bits, As)):
+        want = (n, A.shape[1])
+        if tuple(shape) != want:
+            raise DNMFValueError(f"S0.shapes[{l}]: expected {want}, found {tuple(shape)}")
+        b = np.asarray(b)
+        nbytes = -(-n * want[1] // 8)
+        if b.dtype != np.uint8 or b.shape != (nbytes,):
+            raise DNMFValueError(f"S0.bits[{l}]: expected {nbytes} packed uint8 (np.packbits of {want} booleans), "
+                                 f"found dtype {b.dtype} shape {b.shape}")
+    return [Supports(tuple(map(tuple, shapes)), tuple(bits)).layer(l) for l in range(len(As))]
 
 
 def _forward(X, As, dt, solver, P0s=None, tick=_no_tick):
@@ -580,7 +634,7 @@ def _fsum_prod(a, b):
 # cost and gradient of one block
 # --------------------------------------------------------------------------------------------
 def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *, solver=None,
-                    return_S=False, label_loss="frobenius", S0=None):
+                    return_S=False, label_loss="frobenius", S0=None, layer_energies=True):
     """Cost of one block of rows and its exact gradients (sums over the block's rows).
 
     Parameters
@@ -597,8 +651,12 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
         (alias "kl", "i-divergence": ``Σ_labeled y log(y / z) − y + z`` with ``z = B s_m``, clipped
         to ``EPS`` inside the log; B ≥ 0) or "cross-entropy" (``−Σ_labeled log softmax(B s_m)[y_m]``;
         B is then an unconstrained linear classifier).
-    S0 : list of (n, k_l) arrays, optional — a forward pass at nearby factors (e.g. the previous
-        iteration's ``extras["S"]``) whose supports warm-start the NNLS of every layer.
+    S0 : list of (n, k_l) arrays, or :class:`Supports`, optional — a forward pass at nearby
+        factors (e.g. the previous iteration's ``extras["S"]``; boolean arrays or ``Supports.of``
+        of it carry the same information) whose supports warm-start the NNLS of every layer (the
+        solution is the same; a support that is already right ends the pivoting at once).
+    layer_energies : bool, default True — False: ``extras["layer_sq"]`` is None unless
+        ``cost="layerwise"`` (a pass that does not report them skips their products).
 
     Returns
     -------
@@ -608,7 +666,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     extras : dict of per-block sums for reporting:
         ``"recon_sq"``  ||X - S[L] (A[0]...A[L])^T||^2,
         ``"x_sq"``      ||X||^2,
-        ``"layer_sq"``  (L+1,) array of ||S[l-1] - S[l] A[l]^T||^2,
+        ``"layer_sq"``  (L+1,) array of ||S[l-1] - S[l] A[l]^T||^2 (None if not ``layer_energies``),
         ``"label_sq"``  ||Lmask * (Y - S[L] B^T)||^2 (unweighted; 0 without B or labels),
         ``"label_loss"`` the unweighted label term of ``label_loss`` (equals ``label_sq`` for
         "frobenius"),
@@ -621,7 +679,7 @@ def chunk_cost_grad(X, A_list, B=None, y=None, lam=0.0, cost="reconstruction", *
     X, x_sq = _checked_data(X)
     As, B, y, labeled, dt = _check_model(A_list, X, y, B, lam)
     return _cost_grad(_data_in(X, dt), As, B, y, labeled, float(lam), cost, label_loss, dt, solver, return_S,
-                      _check_warm(S0, X.shape[0], As), x_sq=x_sq)
+                      _check_warm(S0, X.shape[0], As), x_sq=x_sq, layer_energies=bool(layer_energies))
 
 
 def _checked_data(X):

@@ -12,7 +12,9 @@ number of L-BFGS-B iterations, above all an unpenalised softmax one (no minimise
 codes), can: on sparse data it gave factors 30% apart between chunkings after 10 iterations.
 The exact NNLS layers make the cost only piecewise smooth; where a code sits at zero to within
 rounding, the summation order can still pick the other piece of the gradient (seen once in 12
-3-layer fits of 30 iterations: costs 8e-9 apart from then on).
+3-layer fits of 30 iterations: costs 8e-9 apart from then on). PGD's passes start each
+block's NNLS from the supports of the block's previous pass (in memory, or kept on the cluster:
+:mod:`dnmf_dask.parallel.neural`): the same solutions, fewer pivots.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from ..errors import DNMFValueError
 from ..kernels.init import random_matrix
 from ..kernels.neural import LABEL_LOSSES, BlockPass, fit_classifier, unit_columns
 from ..kernels.solvers import canonical_loss
-from ..parallel.mapreduce import add_stats, map_reduce, one_blas_thread
+from ..parallel.mapreduce import add_stats, one_blas_thread
 from .. import progress
 from ..parallel.scheduler import scheduler_context
-from ..parallel.tasks import cost_grad_task as _cost_grad_task
+from ..parallel.neural import NeuralPasses
 from ..parallel.tasks import neural_block_stats as _block_stats
 from ..store.checkpoint import rng_from_json, rng_state_to_json
 from .base import data_summary, seed_from
@@ -410,6 +412,12 @@ class NeuralNMF(HierarchicalNMF):
             # (driver=True: this is the driver's own arithmetic, limited on a Client too, where
             # BLAS's spinning threads wait for the cores the workers hold)
             blas_limit = (lambda: one_blas_thread(driver=True)) if direct is None else contextlib.nullcontext
+            # the dask path: a PGD pass starts every block's NNLS from the supports of its last
+            # pass, kept on the cluster; SGD's passes stay cold (parallel/neural.py says why)
+            passes = NeuralPasses(per_block, warm=None if self.solver == "pgd" else False, **task_kw) \
+                if direct is None else None
+            if passes is not None:  # the kept supports (and on a cluster their lineage) go with the fit
+                held.callback(passes.release)
             if direct is not None:
                 held.enter_context(one_blas_thread(driver=True))
 
@@ -431,9 +439,7 @@ class NeuralNMF(HierarchicalNMF):
                     parts = direct if idx is None else [direct[i] for i in idx]
                     st = _sum_blocks([_block_stats(bp(list(As), B), bp.y) for bp in parts])
                 else:
-                    items = per_block if idx is None else [per_block[i] for i in idx]
-                    _, st = map_reduce(_cost_grad_task, items, keep_outputs=False, As=dask.delayed(list(As)), B=B,
-                                       **task_kw)
+                    st = passes(As, B, idx)
                 return with_ridge(st, B, idx)
 
             def evaluate_cost(As, B):

@@ -20,7 +20,8 @@ For each set, ``chunk_cost_grad`` (what an out-of-core task calls per block and 
 forward, cost, gradients, no warm start) is timed ``--repeats`` times after a warm-up, with
 ``DNMF_DASK_SPMM`` on and off; the kernel's stage timer (``kernels.neural.STAGE_TIMES``) splits
 each call's CPU time into stages. ``BlockPass`` (the in-memory path: checks once, warm-started
-NNLS) is timed as well. Printed: median CPU ns per nonzero per stage and in total, the median
+NNLS) is timed as well, and the dask path's task (``cost_grad_task``) cold and warm-started
+from packed supports. Printed: median CPU ns per nonzero per stage and in total, the median
 wall time, and the ratio to the read floor measured in the same run: ``_load_block`` of the
 block written by ``write_corpus`` (the zarr decode and the CSR build, nothing else). One BLAS
 thread (as in a worker). Results: BENCHMARKS.md, "NeuralNMF block kernel on sparse float32".
@@ -53,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--spmm", default="1,0", help="DNMF_DASK_SPMM values to time, comma-separated")
     p.add_argument("--store", default=None, help="directory for the zarr store (default: a temporary one)")
+    p.add_argument("--apart", default="0.01,0.1,0.25",
+                   help="warm starts of the task from the supports at factors this far apart (|1 + a z| per entry)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -128,6 +131,28 @@ def read_floor(X, store, repeats):
     return float(np.median(wall)), float(np.median(cpu))
 
 
+def task_rows(X, As, args, ns):
+    """The dask path's block task (``parallel.tasks.cost_grad_task``: chunk_cost_grad without the
+    layer energies, the statistics, the supports packed) cold and warm-started from the packed
+    supports of a pass at the same factors and at factors ``--apart`` apart (|1 + a z| per entry,
+    z ~ N(0, 1); a PGD step moves each factor by 0.00625-0.25 of its norm)."""
+    from dnmf_dask.parallel.tasks import cost_grad_task
+
+    kw = dict(B=None, lam=0.0, cost="reconstruction", label_loss="frobenius")
+    rng = np.random.default_rng(args.seed + 7)
+    starts = {"cold": None, "warm (same factors)": cost_grad_task(X, None, None, As=As, **kw)[0]}
+    for a in (float(v) for v in args.apart.split(",") if v):
+        near = [A * np.abs(1.0 + a * rng.standard_normal(A.shape)) for A in As]
+        starts[f"warm (factors {a:g} apart)"] = cost_grad_task(X, None, None, As=near, **kw)[0]
+    for name, warm in starts.items():
+        runs = timed_cpu(lambda: cost_grad_task(X, None, warm, As=As, **kw), args.repeats)
+        cpu = float(np.median([r[1] for r in runs]))
+        nn = {s: float(np.median([r[2].get(s, 0.0) for r in runs])) for s in runs[0][2] if s.startswith("nnls")}
+        extra = "" if warm is None else f"; supports {warm.nbytes / X.shape[0] * 1000 / 1024:.1f} KB per 1,000 rows"
+        print(f"  cost_grad_task {name:<27s} {cpu * ns:5.1f} ns/nz CPU; "
+              + ", ".join(f"{s} {v * ns:.2f}" for s, v in nn.items()) + extra)
+
+
 def main(argv=None):
     args = parse_args(argv)
     from threadpoolctl import threadpool_limits
@@ -164,6 +189,8 @@ def main(argv=None):
                 for s in stages:
                     print(f"    {s:<28s} {med[s] * ns:6.2f} ns/nz")
                 print(f"    {'(checks, dtype, rest)':<28s} {(cpu - sum(med.values())) * ns:6.2f} ns/nz")
+                if spmm == "1":
+                    task_rows(X, As, args, ns)
     os.environ.pop("DNMF_DASK_SPMM", None)
 
 

@@ -381,7 +381,7 @@ def main(argv=None):
                       f"load {os.getloadavg()[0]:.2f}")
                 nn = NeuralNMF(ranks, init="random", epochs=args.epochs, tol=0, random_state=args.seed, scheduler=client,
                                verbose=1)
-                import dnmf_dask.models.neural as neural_module
+                import dnmf_dask.parallel.neural as neural_module  # where NeuralNMF's passes call map_reduce
 
                 with timed_passes(neural_module) as passes:
                     per_ep, total, eps = timed_fit(nn, open_corpus(c.path), "NeuralNMF")
