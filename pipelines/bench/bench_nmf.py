@@ -40,6 +40,7 @@ as well. scikit-learn's per-iteration time is its fit time over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -114,12 +115,6 @@ def _fit_once(X, k, iters, scheduler, chunk_rows, seed):
     return time.perf_counter() - t0, m.history_["rel_error"][-1]
 
 
-def _cpu_seconds(pids):
-    import psutil
-
-    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
-
-
 def fit_ours(X, k, iters, scheduler, chunk_rows, seed, pids=None):
     """Fit dnmf_dask.NMF; returns (seconds per iteration, total fit seconds, relative error, cpu).
 
@@ -141,6 +136,202 @@ def fit_ours(X, k, iters, scheduler, chunk_rows, seed, pids=None):
     per_it = (out[1][0] - out[0][0]) / m
     cpu = ((out[1][2] - out[0][2]) / m, (out[1][3] - out[0][3]) / m) if pids else None
     return per_it, out[1][0], out[1][1], cpu
+
+
+def fit_sklearn(X, k, iters, solver, seed):
+    import warnings
+
+    from sklearn.decomposition import NMF as SkNMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    m = SkNMF(k, init="random", solver=solver, max_iter=max(1, iters), tol=0, random_state=seed)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    total = time.perf_counter() - t0
+    return total / max(m.n_iter_, 1), total, m.reconstruction_err_
+
+
+def norm_of(X):
+    return float(np.sqrt(X.multiply(X).sum(dtype=np.float64))) if sp.issparse(X) else float(np.linalg.norm(X))
+
+
+# ---------------------------------------------------------------------------------------------
+# floors
+# ---------------------------------------------------------------------------------------------
+def floor_kernels(X, k, iters, chunk_rows, seed):
+    """Floor (a): the faster of :func:`_kernel_loop` with one BLAS thread and with BLAS's default."""
+    from threadpoolctl import threadpool_limits
+
+    t_default, nb = _kernel_loop(X, k, iters, chunk_rows, seed)
+    with threadpool_limits(limits=1, user_api="blas"):
+        t_one, _ = _kernel_loop(X, k, iters, chunk_rows, seed)
+    return min(t_default, t_one), nb, ("1 BLAS thread" if t_one < t_default else "default BLAS threads")
+
+
+def _kernel_loop(X, k, iters, chunk_rows, seed):
+    """block_step over the row blocks + update_factor, a plain Python loop; median s/iteration."""
+    from dnmf_dask.kernels.nmf import block_step, update_factor
+    from dnmf_dask.store.corpus import auto_chunk_rows, row_blocks
+
+    n, f = X.shape
+    if chunk_rows is None:
+        chunk_rows = auto_chunk_rows(n, f, X.nnz if sp.issparse(X) else None, X.dtype.itemsize)
+    off = row_blocks(n, chunk_rows)
+    blocks = [X[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    rng = np.random.default_rng(seed)
+    S = [rng.random((b.shape[0], k)).astype(X.dtype) for b in blocks]
+    A = rng.random((f, k)).astype(X.dtype)
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        AtA = A.T @ A
+        XtS, StS = 0, 0
+        for i, b in enumerate(blocks):
+            S[i], st = block_step(b, S[i], A, AtA=AtA)
+            XtS = XtS + st["XtS"]
+            StS = StS + st["StS"]
+        A = update_factor(A, XtS, den_gram=StS)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), len(blocks)
+
+
+def floor_kernels_cpu(X, k, iters, chunk_rows, seed):
+    """CPU seconds (this process) per iteration of :func:`_kernel_loop` with one BLAS thread: floor (a)
+    as CPU time, which the machine's load changes far less than wall time."""
+    from threadpoolctl import threadpool_limits
+
+    cpu = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for n in (1, iters):
+            c0 = time.process_time()
+            _kernel_loop(X, k, n, chunk_rows, seed)
+            cpu.append(time.process_time() - c0)
+    return (cpu[1] - cpu[0]) / max(iters - 1, 1)
+
+
+def _env_flag_now(name):
+    from dnmf_dask.kernels._env import env_flag
+
+    return env_flag(name, True)
+
+
+@contextlib.contextmanager
+def _env_set(name, value):
+    """``$name`` set to ``value`` inside the block (the kernels read their switches per call)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def floor_products(X, k, seed):
+    """The two products of one MU iteration, X @ A and X.T @ S (floor (b) for dense X)."""
+    rng = np.random.default_rng(seed)
+    A = rng.random((X.shape[1], k)).astype(X.dtype)
+    S = rng.random((X.shape[0], k)).astype(X.dtype)
+    return best_of(lambda: (X @ A, X.T @ S))
+
+
+def floor_read(path):
+    """Floor (c): read and decode every block of the corpus store, nothing else."""
+    from dnmf_dask.store.corpus import _load_block, open_corpus
+
+    c = open_corpus(path)
+    off, dt, sparse = c.row_offsets, c.X.dtype, bool(c.attrs.get("sparse"))
+    f = c.X.shape[1]
+
+    def read():
+        for i in range(len(off) - 1):
+            _load_block(str(path), i, sparse, (int(off[i + 1] - off[i]), f), dt)
+
+    return best_of(read), len(off) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------------------------
+def row(name, sec, nnz=None, ref=None, extra=""):
+    s = f"  {name:<44s} {sec:9.4f} s/it"
+    if nnz:
+        s += f"  {sec / nnz * 1e9:7.2f} ns/nz"
+    if ref:
+        s += f"  {sec / ref:6.2f}x floor(a)"
+    print(s + ("  " + extra if extra else ""))
+
+
+def equal_time(X, k, budget, per_it, solver, seed):
+    """Relative error scikit-learn reaches in ``budget`` seconds (iterations = budget / per_it)."""
+    n_it = max(1, int(budget / per_it))
+    _, t, err = fit_sklearn(X, k, n_it, solver, seed)
+    return n_it, t, err
+
+
+def section_matrix(label, X, args, skip, store=None):
+    """Floors, ours (threads), scikit-learn on one matrix; returns a dict of results."""
+    k, iters, seed = args.k, args.iters, args.seed
+    nnz = X.nnz if sp.issparse(X) else X.size
+    normX = norm_of(X)
+    res = {}
+    print(f"\n== {label}: {X.shape[0]} x {X.shape[1]}, nnz {nnz:,}, {X.dtype}, k={k}, {iters} iterations ==")
+    fa, nb, how = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
+    res["floor_a"] = fa
+    res["floor_a_cpu"] = floor_kernels_cpu(X, k, min(iters, 5), args.chunk_rows, seed)
+    spmm_state = "" if not sp.issparse(X) else (", spmm on" if _env_flag_now("DNMF_DASK_SPMM") else ", spmm off")
+    row(f"floor (a) kernels, plain loop ({nb} blocks{spmm_state})", fa, nnz,
+        extra=f"{how}; CPU {res['floor_a_cpu']:.4f} s/it = {res['floor_a_cpu'] / nnz * 1e9:.2f} ns/nz")
+    if sp.issparse(X):
+        from dnmf_dask.kernels import fused
+
+        if fused.AVAILABLE:  # the same loop with the fused numba sweep (off by default in block_step)
+            was, fused.FROBENIUS = fused.FROBENIUS, not fused.FROBENIUS
+            try:
+                fs, _, how_s = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
+            finally:
+                fused.FROBENIUS = was
+            res["floor_a_other"] = fs
+            row(f"floor (a') the same, fused numba sweep {'off' if was else 'on'}", fs, nnz, fa, extra=how_s)
+        # the same loop with the rank-specialised kernels of kernels/spmm.py switched the other way
+        spmm_on = _env_flag_now("DNMF_DASK_SPMM")
+        with _env_set("DNMF_DASK_SPMM", "0" if spmm_on else "1"):
+            fo, _, how_o = floor_kernels(X, k, min(iters, 5), args.chunk_rows, seed)
+            fo_cpu = floor_kernels_cpu(X, k, min(iters, 5), args.chunk_rows, seed)
+        res["floor_a_spmm_other"], res["floor_a_spmm_other_cpu"] = fo, fo_cpu
+        row(f"floor (a'') the same, spmm kernels {'off (scipy)' if spmm_on else 'on'}", fo, nnz, fa,
+            extra=f"{how_o}; CPU {fo_cpu:.4f} s/it = {fo_cpu / nnz * 1e9:.2f} ns/nz, "
+                  f"{fo_cpu / res['floor_a_cpu']:.2f}x floor (a) CPU")
+    fb = floor_products(X, k, seed)
+    res["floor_b"] = fb
+    row("floor (b) X@A + X.T@S" + (" (scipy)" if sp.issparse(X) else " (GEMMs)"), fb, nnz)
+    if store is not None:
+        fc, nbs = floor_read(store)
+        res["floor_c"] = fc
+        row(f"floor (c) read+decode corpus ({nbs} blocks)", fc, nnz)
+    per_it, total, rel, _ = fit_ours(X, k, iters, "threads", args.chunk_rows, seed)
+    res["ours"] = per_it
+    row("ours NMF (threads)", per_it, nnz, fa,
+        f"{per_it / fb:5.2f}x floor(b)  fit {total:.2f} s, rel.err {rel:.4f}")
+    if "sklearn" not in skip:
+        print(f"  equal time budget = our threaded fit, {total:.2f} s:")
+        for solver in ("mu", "cd"):
+            sk_it, sk_total, sk_err = fit_sklearn(X, k, iters, solver, seed)
+            res[f"sk_{solver}"] = sk_it
+            n_it, t, err = equal_time(X, k, total, sk_it, solver, seed)
+            row(f"sklearn NMF(solver={solver!r})", sk_it, nnz, fa,
+                f"ours is {sk_it / per_it:5.2f}x faster/it; in {t:.2f} s ({n_it} it) rel.err {err / normX:.4f}")
+    return res
+
+
+def _cpu_seconds(pids):
+    import psutil
+
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
 
 
 def section_cluster(store, nnz, args, floor_a=None, floor_a_cpu=None):
