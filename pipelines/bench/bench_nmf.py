@@ -119,7 +119,8 @@ def fit_ours(X, k, iters, scheduler, chunk_rows, seed, pids=None):
     """Fit dnmf_dask.NMF; returns (seconds per iteration, total fit seconds, relative error, cpu).
 
     Seconds per iteration is the marginal cost of an iteration: (fit of ``iters`` − fit of 2) /
-    (``iters`` − 2), so initialisation, the first pass and the final evaluation pass cancel out.
+    (``iters`` − 2), after a warm-up fit, so initialisation, the first pass and the final
+    evaluation pass cancel out.
     (The intervals between the per-iteration log lines do not measure it: on a cluster pass t+1
     is submitted before pass t ends, and the lines come in bursts.) ``X`` may be a callable that
     returns the input (a corpus is opened anew for each fit). ``cpu`` is None, or with ``pids``
@@ -127,6 +128,7 @@ def fit_ours(X, k, iters, scheduler, chunk_rows, seed, pids=None):
     difference (a LocalCluster's scheduler runs in this process).
     """
     iters = max(int(iters), 3)
+    _fit_once(X, k, 2, scheduler, chunk_rows, seed)  # warm-up (kernels, thread pools, workers' imports)
     out = []
     for n in (2, iters):
         d0, w0 = time.process_time(), (_cpu_seconds(pids) if pids else 0.0)
