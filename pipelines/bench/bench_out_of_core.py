@@ -16,10 +16,12 @@ What it does, in one process run:
    worker process's RSS (psutil, every ``--sample`` s) for the whole run.
 3. Floor (c) on that cluster: one task per stored block that reads and decodes it and returns
    its nnz (nothing else), the same tasks and placement freedom as a fit's read.
-4. Fits ``NMF(init=--init)`` (default "random") for ``--iters`` iterations and ``NeuralNMF(init="random",
-   solver="pgd")`` for ``--epochs`` epochs straight from the store (``persist="auto"``: the
-   library decides; it must not load the corpus), timing each iteration from the estimators'
-   own log lines.
+4. Fits ``NMF(init=--init)`` (default "random") for ``--iters`` iterations, then for 1, and
+   ``NeuralNMF(init="random", solver="pgd")`` for ``--epochs`` epochs, straight from the store
+   (``persist="auto"``: the library decides; it must not load the corpus). NMF's seconds per
+   iteration are the marginal cost ``(fit of --iters − fit of 1) / (--iters − 1)`` (the long fit
+   runs first and pays the workers' one-time costs: conservative); NeuralNMF's passes over X
+   (one per Armijo trial) are timed one by one.
 5. Prints, per phase, every worker's peak RSS against its limit, whether any worker paused,
    spilled to disk, logged high unmanaged memory or was restarted (its PID changed), and the
    seconds per iteration against floor (c).
