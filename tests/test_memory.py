@@ -311,3 +311,40 @@ def test_fit_releases_the_initial_S_after_the_first_pass(local_cluster, tmp_path
     NMF(3, init="random", max_iter=4, tol=0, random_state=0, scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
     assert len(initial) == 4 and lists == [[]]
     assert alive[0] == 0  # already after the first pass (the driver holds none of them)
+
+
+def test_first_pass_waits_for_the_initial_S(local_cluster, tmp_path, monkeypatch):
+    """On a cluster the first MU pass is submitted once the initial S blocks are in memory (a
+    pass submitted while a random init was still computing ran its block tasks in the order the
+    blocks arrived, and their results piled up before the reduction tree added them)."""
+    from dnmf_dask import NMF, open_corpus
+    from dnmf_dask.parallel import mapreduce, mu
+    from dnmf_dask.store.corpus import write_corpus
+
+    X = sp.random(400, 40, density=0.1, format="csr", random_state=0, dtype=np.float32)
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=100)
+    events = []
+    real_wait, real_submit = mapreduce.wait_for, mu.submit_map_reduce
+
+    def wait_for(collections):
+        real_wait(collections)
+        events.append(("wait", [d.key for d in collections],
+                       [f.status for f in __import__("distributed").futures_of(list(collections))]))
+
+    def submit(*a, **kw):
+        events.append(("submit",))
+        return real_submit(*a, **kw)
+
+    monkeypatch.setattr(mu, "wait_for", wait_for)
+    monkeypatch.setattr(mu, "submit_map_reduce", submit)
+    NMF(3, init="random", max_iter=2, tol=0, random_state=0, scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
+    assert events[0][0] == "wait" and events[1] == ("submit",)
+    keys, status = events[0][1], events[0][2]
+    assert len(keys) == 4 and status == ["finished"] * 4  # every initial block in memory first
+
+
+def test_wait_for_is_a_no_op_on_local_schedulers():
+    from dnmf_dask.parallel.mapreduce import wait_for
+
+    with dask.config.set(scheduler="threads"):
+        wait_for([dask.delayed(1)])  # nothing to wait for (and nothing computed)

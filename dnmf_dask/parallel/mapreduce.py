@@ -165,6 +165,25 @@ def shared(value, prefix="shared"):
     return dask.delayed(value, name=f"{prefix}-{uuid.uuid4().hex}")
 
 
+def wait_for(collections):
+    """Block until the persisted ``collections`` (Delayed) are in memory on a distributed cluster.
+
+    A no-op on dask's in-process schedulers, where ``persist`` has computed them already. Used
+    before a pass whose per-block inputs are still being computed: the first MU pass after a
+    random init started while its S blocks were, and its block tasks then ran as the blocks
+    arrived, ~220 per worker before the reduction tree added any (BENCHMARKS.md, 2026-12-07).
+    """
+    if local_scheduler():
+        return
+    try:
+        from distributed import futures_of, wait
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return
+    futures = futures_of(list(collections))
+    if futures:
+        wait(futures)
+
+
 def _reading(func, *args, **kw):
     """``func(*args, **kw)`` with every :class:`StoredBlock` among ``args`` read from its store first.
 
