@@ -348,3 +348,27 @@ def test_wait_for_is_a_no_op_on_local_schedulers():
 
     with dask.config.set(scheduler="threads"):
         wait_for([dask.delayed(1)])  # nothing to wait for (and nothing computed)
+
+
+def test_evaluation_pass_keeps_no_S_outputs(local_cluster, tmp_path, monkeypatch):
+    """Only updating passes persist their S blocks: the final evaluation pass's S are its inputs
+    (the fit's result), so it keeps nothing more on the workers; the result is unchanged."""
+    from dnmf_dask import NMF, open_corpus
+    from dnmf_dask.parallel import mu
+    from dnmf_dask.store.corpus import write_corpus
+
+    X = sp.random(400, 40, density=0.1, format="csr", random_state=0, dtype=np.float32)
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=100)
+    seen, real = [], mu.submit_map_reduce
+
+    def submit(*a, keep_outputs=True, update_S=None, **kw):
+        seen.append((bool(update_S), keep_outputs))
+        return real(*a, keep_outputs=keep_outputs, update_S=update_S, **kw)
+
+    monkeypatch.setattr(mu, "submit_map_reduce", submit)
+    S = NMF(3, init="random", max_iter=3, tol=0, random_state=0, scheduler=local_cluster).fit_transform(
+        open_corpus(tmp_path / "c.zarr"))
+    assert seen == [(True, True)] * 3 + [(False, False)]
+    monkeypatch.setattr(mu, "submit_map_reduce", real)
+    S_threads = NMF(3, init="random", max_iter=3, tol=0, random_state=0, scheduler="threads").fit_transform(X)
+    np.testing.assert_allclose(np.asarray(S), S_threads, rtol=1e-6, atol=1e-7)

@@ -194,11 +194,13 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
 
     def submit(S_in, state, update_S):
         # the pass takes over the S blocks: a cluster frees each old block once its task has run
-        # (the caller's _Pass keeps them only until it knows they are not the fit's result)
+        # (the caller's _Pass keeps them only until it knows they are not the fit's result); an
+        # evaluation pass (update_S False) keeps no outputs: its S blocks are its inputs, and kept
+        # outputs would hold a second reference to each (counted twice in a worker's memory)
         S_out, state_out, (small,) = submit_map_reduce(
             _mu_pass_task, list(zip(blocks.X, S_in, y_parts, W_parts)), state=state,
             finish=_mu_finish, finish_kwargs={"state": state, "lam": lam, "semi": semi, "opts": opts}, finish_items=(1,),
-            lam=lam, update_S=update_S, semi=semi, opts=opts,
+            keep_outputs=bool(update_S), lam=lam, update_S=update_S, semi=semi, opts=opts,
         )
         return _Pass(S_in, state, S_out, state_out, small)
 
@@ -245,6 +247,7 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
                     A_it, B_it = cur.factors(after=True)
                     S_next = checkpoint(it, S_next, A_it, B_it, hist) or S_next
                 nxt = submit(S_next, cur.state_out, it < max_iter)
+                S_next = None  # (held here, S_it would stay on the cluster through pass it+1)
             if it < max_iter:
                 nxt.S_in = None  # pass it+1 is no evaluation: S_it is freed as its tasks consume it
             cur = nxt
