@@ -269,7 +269,7 @@ def _check_supports(S0, n, As):
         if b.dtype != np.uint8 or b.shape != (nbytes,):
             raise DNMFValueError(f"S0.bits[{l}]: expected {nbytes} packed uint8 (np.packbits of {want} booleans), "
                                  f"found dtype {b.dtype} shape {b.shape}")
-    return [Supports(tuple(map(tuple, shapes)), tuple(bits)).layer(l) for l in range(len(As))]
+    return [S0.layer(l) for l in range(len(As))]
 
 
 def _forward(X, As, dt, solver, P0s=None, tick=_no_tick):

@@ -26,6 +26,10 @@ Two things the library decides from the workers it runs on:
   compiled ones with: on a 4,900-row out-of-core block of 2M nonzeros the batched numpy NNLS
   forward and gradient cost ~0.18 s of CPU against 0.14 s compiled; the fused KL sweep is lost
   too (~2x the CPU of a KL pass). A ``DNMF_DASK_NUMBA`` set in this process's environment wins.
+
+And one thing the workers do for themselves: after a task that read a stored block, a worker
+gives the free pages inside its heap back to the OS once its RSS has grown enough
+(:func:`release_free_heap`); the heap settings above keep freed block buffers in the heap.
 """
 
 from __future__ import annotations

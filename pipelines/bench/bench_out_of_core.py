@@ -321,7 +321,6 @@ def report_phase(name, watch, limit, client, pids, res):
 def main(argv=None):
     args = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
-    import dask
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
@@ -366,9 +365,8 @@ def main(argv=None):
                 # seconds per iteration = the marginal cost of an iteration: (fit of n - fit of 1) / (n - 1).
                 # Start-up (summary, init) and the final evaluation pass cancel out; the log lines'
                 # intervals do not measure it (pass t+1 is submitted before pass t ends, so the lines
-                # come in bursts).
-                # the long fit first: it also pays the workers' one-time costs (kernels for this rank),
-                # which then count against the iterations (a conservative estimate)
+                # come in bursts). The long fit runs first: it also pays the workers' one-time costs
+                # (kernels for this rank), which then count against the iterations (conservative).
                 m = NMF(args.k, init=args.init, max_iter=args.iters, tol=0, random_state=args.seed, scheduler=client, verbose=1)
                 _, total, its = timed_fit(m, open_corpus(c.path), "iteration")
                 m1 = NMF(args.k, init=args.init, max_iter=1, tol=0, random_state=args.seed, scheduler=client)
