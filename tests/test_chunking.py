@@ -92,3 +92,30 @@ def test_blas_limit_shared_by_fits_in_two_threads():
     assert _blas_threads(None)[1]["n"][0] == 1  # fit b still runs
     fit_b.__exit__(None, None, None)
     assert _blas_threads(None)[1]["n"][0] == before
+
+
+def test_merge_bounds_keeps_whole_blocks_and_balances_rows():
+    from dnmf_dask.parallel.blocks import merge_bounds
+
+    off = np.arange(0, 90, 10)  # 8 blocks of 10 rows
+    assert merge_bounds(off, 2).tolist() == [0, 4, 8]
+    assert merge_bounds(off, 3).tolist() == [0, 3, 5, 8]  # 26.7 -> 30 rows, 53.3 -> 50 rows
+    assert merge_bounds(off, 8).tolist() == list(range(9))
+    assert merge_bounds(off, 50).tolist() == list(range(9))  # blocks are only merged, never split
+    # one block holds most rows: every run still gets at least one block
+    assert merge_bounds([0, 1, 2, 100, 101], 3).tolist() == [0, 2, 3, 4]
+    assert merge_bounds([0, 98, 99, 100, 101], 3).tolist() == [0, 1, 2, 4]
+
+
+def test_persisted_block_count_of_a_cluster(local_cluster):
+    from dnmf_dask.parallel.memory import PERSISTED_WORK_PER_BLOCK, persisted_block_count
+    from dnmf_dask.parallel.scheduler import scheduler_context
+
+    with dask.config.set(scheduler="threads"):
+        assert persisted_block_count(10**9, 10**9, 64) is None  # dask's own schedulers: blocks as they are
+    with scheduler_context(local_cluster):  # 2 workers x 1 thread, 2 GiB each: 256 MiB per block at most
+        assert persisted_block_count(10_000, 80_000, 8) == 2  # one per worker thread
+        assert persisted_block_count(2 * PERSISTED_WORK_PER_BLOCK + 1, 1, 64) == 4  # 3, rounded up to a multiple of 2
+        assert persisted_block_count(10_000, 3 * 2**30, 64) == 12  # 3 GiB in blocks of at most 256 MiB
+        assert persisted_block_count(10**10, 1, 5) == 5  # never more blocks than there are
+        assert persisted_block_count(None, 1, 5) is None  # work unknown (sparse dask input)

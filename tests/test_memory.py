@@ -116,7 +116,8 @@ def test_streamed_fit_on_a_cluster_submits_ahead_and_equals_the_persisted_fit(lo
     streamed = SSNMF(3, persist="auto", **kw).fit(open_corpus(tmp_path / "c.zarr"))
     order = list(events)
     events.clear()
-    persisted = SSNMF(3, persist=True, **kw).fit(open_corpus(tmp_path / "c.zarr"))
+    # chunk_rows: the stored blocks (a cluster would otherwise merge the persisted ones)
+    persisted = SSNMF(3, persist=True, chunk_rows=60, **kw).fit(open_corpus(tmp_path / "c.zarr"))
     assert streamed.stop_reason_ == persisted.stop_reason_ == "tol" and 2 < streamed.n_iter_ < 200
     assert streamed.n_iter_ == persisted.n_iter_
     np.testing.assert_array_equal(streamed.A_[0], persisted.A_[0])
@@ -308,7 +309,8 @@ def test_fit_releases_the_initial_S_after_the_first_pass(local_cluster, tmp_path
 
     monkeypatch.setattr("dnmf_dask.models.nmf.fit_mu", fit_mu)
     monkeypatch.setattr(mu._Pass, "stats", stats)
-    NMF(3, init="random", max_iter=4, tol=0, random_state=0, scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
+    NMF(3, init="random", max_iter=4, tol=0, random_state=0, chunk_rows=100,  # the 4 stored blocks, not merged
+        scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
     assert len(initial) == 4 and lists == [[]]
     assert alive[0] == 0  # already after the first pass (the driver holds none of them)
 
@@ -337,7 +339,8 @@ def test_first_pass_waits_for_the_initial_S(local_cluster, tmp_path, monkeypatch
 
     monkeypatch.setattr(mu, "wait_for", wait_for)
     monkeypatch.setattr(mu, "submit_map_reduce", submit)
-    NMF(3, init="random", max_iter=2, tol=0, random_state=0, scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
+    NMF(3, init="random", max_iter=2, tol=0, random_state=0, chunk_rows=100,  # the 4 stored blocks, not merged
+        scheduler=local_cluster).fit(open_corpus(tmp_path / "c.zarr"))
     assert events[0][0] == "wait" and events[1] == ("submit",)
     keys, status = events[0][1], events[0][2]
     assert len(keys) == 4 and status == ["finished"] * 4  # every initial block in memory first
@@ -372,3 +375,37 @@ def test_evaluation_pass_keeps_no_S_outputs(local_cluster, tmp_path, monkeypatch
     monkeypatch.setattr(mu, "submit_map_reduce", real)
     S_threads = NMF(3, init="random", max_iter=3, tol=0, random_state=0, scheduler="threads").fit_transform(X)
     np.testing.assert_allclose(np.asarray(S), S_threads, rtol=1e-6, atol=1e-7)
+
+
+def test_persisted_corpus_is_merged_into_larger_blocks_on_a_cluster(local_cluster, tmp_path, monkeypatch):
+    """On a cluster, a persisted corpus of many small stored blocks runs as one block per worker
+    thread (each pass's tasks carry enough work), with the same fit as the threaded scheduler on
+    the stored blocks; a chunk_rows given by the user is kept."""
+    from dnmf_dask import NMF
+    from dnmf_dask.parallel.blocks import Blocks
+    from dnmf_dask.store.corpus import open_corpus, write_corpus
+
+    rng = np.random.default_rng(3)
+    X = sp.random(640, 60, density=0.2, format="csr", random_state=rng, dtype=np.float64)
+    X.data = rng.poisson(3.0, X.nnz) + 1.0
+    write_corpus(tmp_path / "c.zarr", X, chunk_rows=80)  # 8 stored blocks
+    merged = []
+    original = Blocks._merged
+    monkeypatch.setattr(Blocks, "_merged", lambda self, n: merged.append((self.n_blocks, n)) or original(self, n))
+
+    def fit(scheduler, **kw):
+        m = NMF(n_components=4, max_iter=30, tol=0, random_state=0, init="nndsvda", scheduler=scheduler,
+                persist=True, **kw)
+        S = m.fit_transform(open_corpus(tmp_path / "c.zarr"))
+        return m, S
+
+    ref, S_ref = fit("threads")
+    assert merged == []  # dask's own schedulers keep the stored blocks
+    got, S = fit(local_cluster)
+    assert merged == [(8, 2)]  # 2 workers x 1 thread
+    np.testing.assert_allclose(got.components_, ref.components_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(S, S_ref, rtol=1e-9, atol=1e-12)  # rows in their order
+    assert got.n_iter_ == ref.n_iter_ == 30
+    merged.clear()
+    fit(local_cluster, chunk_rows=80)
+    assert merged == []

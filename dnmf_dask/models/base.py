@@ -14,7 +14,7 @@ from .._validation import check_label_coverage, check_labels, check_nonneg_float
 from ..errors import ConvergenceWarning, DNMFValueError
 from ..parallel.blocks import Blocks, as_blocks
 from ..parallel.mapreduce import map_reduce
-from ..parallel.memory import persist_fits
+from ..parallel.memory import persist_fits, persisted_block_count
 from ..parallel.tasks import summary_block as _summary_block
 from ..store.corpus import Corpus
 
@@ -62,6 +62,9 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
     _allow_negative = False
     #: whether missing data is allowed (NaN in dense X, or an ``observed=`` mask)
     _allow_missing = True
+    #: X held in a distributed cluster's memory is merged into fewer, larger blocks when the user
+    #: chose no ``chunk_rows`` (:func:`~dnmf_dask.parallel.memory.persisted_block_count`)
+    _merge_persisted_blocks = True
 
     def __sklearn_tags__(self):
         """scikit-learn tags: sparse input accepted; positivity and NaN (missing data) as the model allows."""
@@ -105,7 +108,11 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
             # in-memory input is loaded anyway; dask / corpus input only when it fits the workers
             persist = info["kind"] in ("numpy", "sparse") or persist_fits(blocks.nbytes_estimate(info.get("nnz")), PERSIST_LIMIT_BYTES)
         if persist:
-            blocks = blocks.persist()
+            n_blocks = None
+            if self._merge_persisted_blocks and (chunk_rows or self.chunk_rows) is None:
+                work = info.get("nnz") if blocks.sparse else blocks.n_samples * blocks.n_features
+                n_blocks = persisted_block_count(work, blocks.nbytes_estimate(info.get("nnz")), blocks.n_blocks)
+            blocks = blocks.persist(n_blocks)
         return blocks, y, info
 
     def _check_summary(self, summary):

@@ -238,6 +238,8 @@ class NeuralNMF(HierarchicalNMF):
 
     _allow_negative = False
     _allow_missing = False  # the exact NNLS layers need every entry of X
+    # its blocks are SGD's mini-batches, and a block task already carries ~5x an MU step's work
+    _merge_persisted_blocks = False
 
     def _direction(self, F, g):
         """Search direction of one factor: its gradient, scaled to the factor's size ('block')."""

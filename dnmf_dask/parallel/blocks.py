@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from .._validation import check_groups, check_not_empty, check_matrix, check_observed
 from ..store.corpus import Corpus, StoredBlock, auto_chunk_rows, row_blocks, stored_blocks
-from .memory import block_bytes_budget, warn_if_blocks_exceed
+from .memory import block_bytes_budget, release_free_heap, warn_if_blocks_exceed
 from .scheduler import local_scheduler
 
 
@@ -74,27 +74,77 @@ class Blocks:
         arrs = [da.from_delayed(p, shape=(int(s), n_cols), dtype=dtype) for p, s in zip(parts, self.sizes)]
         return da.concatenate(arrs, axis=0) if len(arrs) > 1 else arrs[0]
 
-    def persist(self) -> "Blocks":
+    def persist(self, n_blocks=None) -> "Blocks":
         """Load the blocks into (cluster) memory once, so later passes do not re-read the store.
 
         In-memory blocks on one of dask's own schedulers are already where that scheduler takes
         its inputs from: they are only marked persisted (dask.persist of their literal tasks cost
         ~0.7 ms per fit, a third of a small Neural NMF fit's set-up, and gave back the same
-        arrays). On a distributed Client they are sent to the workers once."""
+        arrays). On a distributed Client they are sent to the workers once.
+
+        ``n_blocks`` (fewer than there are) merges runs of consecutive blocks into that many
+        larger ones as they are loaded, each by one task on the cluster (rows balanced; a merged
+        block holds whole blocks, so it still never splits a group): see
+        :func:`~dnmf_dask.parallel.memory.persisted_block_count`."""
         if self.persisted:
             return self
         if self.in_memory and local_scheduler():
             return replace(self, persisted=True)
-        X = [x.delayed() if isinstance(x, StoredBlock) else x for x in self.X]
+        blocks = self
+        if n_blocks is not None and n_blocks < self.n_blocks:
+            blocks = self._merged(n_blocks)
+        X = [x.delayed() if isinstance(x, StoredBlock) else x for x in blocks.X]
         Xp = list(dask.persist(*X))
-        Wp = None if self.W is None else list(dask.persist(*self.W))
-        return replace(self, X=Xp, W=Wp, persisted=True)
+        Wp = None if blocks.W is None else list(dask.persist(*blocks.W))
+        return replace(blocks, X=Xp, W=Wp, persisted=True)
+
+    def _merged(self, n_blocks) -> "Blocks":
+        """These blocks as ``n_blocks`` runs of consecutive ones, each a task concatenating its run
+        (a stored block is read inside that task: no separate read task, as in a pass)."""
+        cuts = merge_bounds(self.offsets, n_blocks)
+
+        def runs(parts):
+            return [dask.delayed(_concat_rows, pure=True)(*parts[a:b], dask_key_name=f"merge-blocks-{uuid.uuid4().hex}")
+                    for a, b in zip(cuts[:-1], cuts[1:])]
+
+        W = None if self.W is None else runs(self.W)
+        return replace(self, X=runs(self.X), W=W, offsets=self.offsets[cuts], in_memory=False)
 
     def nbytes_estimate(self, nnz=None) -> int:
         item = np.dtype(self.dtype).itemsize
         if self.sparse:
             return int((nnz or 0) * (item + 4) + 8 * (self.n_samples + self.n_blocks))
         return int(self.n_samples * self.n_features * item)
+
+
+def merge_bounds(offsets, n_blocks) -> np.ndarray:
+    """Indices into ``offsets`` (first 0, last ``len(offsets) - 1``) that cut its blocks into
+    ``n_blocks`` runs of consecutive blocks with as equal row counts as the block boundaries allow
+    (fewer runs when there are fewer blocks)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    m = len(offsets) - 1
+    n_blocks = max(1, min(int(n_blocks), m))
+    targets = offsets[-1] * np.arange(1, n_blocks) / n_blocks
+    cuts = [0]
+    for t in targets:
+        j = int(np.argmin(np.abs(offsets - t)))
+        j = min(max(j, cuts[-1] + 1), m - (n_blocks - len(cuts)))  # each run keeps at least one block
+        cuts.append(j)
+    cuts.append(m)
+    return np.asarray(cuts, dtype=np.int64)
+
+
+def _concat_rows(*parts):
+    """Stack row blocks (scipy CSR, numpy, or :class:`StoredBlock` read here) into one block."""
+    try:
+        parts = [p.load() if isinstance(p, StoredBlock) else p for p in parts]
+        if len(parts) == 1:
+            return parts[0]
+        if sp.issparse(parts[0]):
+            return sp.vstack(parts, format="csr")
+        return np.concatenate(parts, axis=0)
+    finally:
+        release_free_heap()
 
 
 def _split_in_memory(X, offsets, prefix):

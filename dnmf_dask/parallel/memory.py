@@ -71,6 +71,12 @@ BLOCK_SHARE_OF_MEMORY = 1 / 8
 #: ``persist="auto"`` loads X only when it takes at most this share of the workers' total memory_limit
 PERSIST_SHARE_OF_MEMORY = 0.25
 
+#: X held in a distributed cluster's memory for a whole fit is cut into blocks of at least this
+#: much work per pass (nonzeros of sparse X, entries of dense X): ~50 ms of an MU step at ~3 ns
+#: per nonzero, so the ~2-3 ms a task costs the scheduler and the driver stays small beside it
+#: (:func:`persisted_block_count`)
+PERSISTED_WORK_PER_BLOCK = 16_000_000
+
 
 _HEAP_LOCK = threading.Lock()
 _LIBC = []  # [libc or None], looked up once per process
@@ -270,6 +276,32 @@ def block_bytes_budget():
         return None
     threads = max(int(w.get("nthreads", 1) or 1) for w in workers.values())
     return int(BLOCK_SHARE_OF_MEMORY * min(limits) / threads)
+
+
+def persisted_block_count(work: int, nbytes: int, n_blocks: int) -> int | None:
+    """How many blocks X should have while a distributed cluster holds it in memory for a fit, or None.
+
+    A stored or auto-chunked block is sized for a pass that reads it (a few million nonzeros,
+    ~10 ms of an MU step); held in memory, such blocks made each pass a burst of short tasks
+    whose scheduler and driver time (~20 ms per pass for 8 blocks of a 2e7-nonzero corpus) ate
+    the second worker's gain: 2 workers ran 0.97-1.16x the throughput of 1, against 1.52x with
+    2 blocks (BENCHMARKS.md, 2026-12-07). So: ``work`` / :data:`PERSISTED_WORK_PER_BLOCK`
+    blocks, at least one per worker thread, rounded up to a multiple of the threads, never
+    larger than :func:`block_bytes_budget` (``nbytes`` in all) and never more than the
+    ``n_blocks`` there are (blocks are only merged). None on dask's own schedulers (a task costs
+    them ~1 ms and their threads balance small blocks well) and when ``work`` is not known.
+    """
+    workers = _workers()
+    if not workers or not work:
+        return None
+    slots = sum(max(1, int(w.get("nthreads", 1) or 1)) for w in workers.values())
+    n = max(slots, -(-int(work) // PERSISTED_WORK_PER_BLOCK))
+    limits = _memory_limits(workers)
+    if limits is not None:
+        threads = max(max(1, int(w.get("nthreads", 1) or 1)) for w in workers.values())
+        n = max(n, -(-int(nbytes) // max(1, int(BLOCK_SHARE_OF_MEMORY * min(limits) / threads))))
+    n = -(-n // slots) * slots
+    return int(min(n, n_blocks))
 
 
 def warn_if_blocks_exceed(corpus):
