@@ -117,3 +117,35 @@ def test_write_validation(tmp_path, rng):
     with pytest.raises(DNMFValueError, match="feature_names"):
         dd.write_corpus(tmp_path / "g.zarr", rng.random((4, 2)), feature_names=["a"])
     assert not (tmp_path / "g.zarr").exists()
+
+
+def _codec_names(array):
+    return [type(c).__name__ for c in array.metadata.codecs]
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_blocks_are_written_with_blosc_zstd_and_old_codecs_still_read(tmp_path, rng, sparse, monkeypatch):
+    from dnmf_dask.store import corpus as corpus_mod
+
+    X = rng.poisson(1.0, (300, 40)).astype(np.float32)
+    if sparse:
+        X = sp.csr_matrix(X)
+    else:
+        X[rng.random(X.shape) < 0.05] = np.nan  # missing entries survive the shuffle + zstd round trip
+    dd.write_corpus(tmp_path / "new.zarr", X, chunk_rows=100)
+    g = zarr.open_group(tmp_path / "new.zarr", mode="r")
+    arrays = [g["X"]["0"][k] for k in ("data", "indices", "indptr")] if sparse else [g["X"]["0"]]
+    for a in arrays:
+        assert "BloscCodec" in _codec_names(a), _codec_names(a)
+        (blosc,) = [c for c in a.metadata.codecs if type(c).__name__ == "BloscCodec"]
+        assert blosc.cname.value == "zstd" and blosc.shuffle.value == "shuffle"
+    # a store written before the codec change (zarr's default codecs) reads the same
+    monkeypatch.setattr(corpus_mod, "block_compressors", lambda: "auto")
+    dd.write_corpus(tmp_path / "old.zarr", X, chunk_rows=100)
+    old = zarr.open_group(tmp_path / "old.zarr", mode="r")["X"]["0"]
+    assert "BloscCodec" not in _codec_names(old["data"] if sparse else old)
+    for path in ("new.zarr", "old.zarr"):
+        got = dd.open_corpus(tmp_path / path).X.compute()
+        got = got.toarray() if sp.issparse(got) else got
+        want = X.toarray() if sparse else X
+        np.testing.assert_array_equal(got, want)
