@@ -102,7 +102,9 @@ def make_corpus(path, args):
 
     from dnmf_dask.store.corpus import auto_chunk_rows, open_corpus, write_corpus
 
-    params = {"nnz": args.nnz, "per_row": args.per_row, "features": args.features, "seed": args.seed, "gen": 1}
+    # "blocking": 2 since 2026-12-07: blocks sized from the nonzeros that remain (below), not the draws
+    params = {"nnz": args.nnz, "per_row": args.per_row, "features": args.features, "seed": args.seed, "gen": 1,
+              "blocking": 2}
     path = Path(path)
     if path.exists():
         try:
@@ -114,8 +116,12 @@ def make_corpus(path, args):
             pass
     n = max(1, int(args.nnz / args.per_row))
     f = args.features
-    # the library's default blocking for this many nonzeros (nnz is known up to the duplicates)
-    rows = auto_chunk_rows(n, f, int(args.nnz), 4)
+    # the library's default blocking for the nonzeros the corpus will have: the draws less the
+    # duplicates summed, estimated from a generated sample block (until 2026-12-07 the draws were
+    # used, ~1.7x the nonzeros, which made blocks of ~2.2M nonzeros instead of the default ~4M)
+    sample_rows = min(n, 5000)
+    kept = _gen_block(args.seed, 0, sample_rows, f, args.per_row, np.float32).nnz / sample_rows
+    rows = auto_chunk_rows(n, f, int(kept * n), 4)
     sizes = [rows] * (n // rows) + ([n % rows] if n % rows else [])
     meta = sp.csr_matrix((0, 0), dtype=np.float32)
     parts = [da.from_delayed(dask.delayed(_gen_block, pure=True)(args.seed, i, s, f, args.per_row, np.float32),
