@@ -56,7 +56,8 @@ def block_compressors():
     iteration. On a 4 GB count corpus (float32 data, int32 indices) zarr's default (zstd level 3,
     no shuffle) read at 7.2 ns of CPU per nonzero and stored 2.31 bytes per nonzero; this codec
     reads at 4.0 ns/nz and stores 1.81 B/nz (writing costs 84 instead of 34 ns/nz, once). Blosc's
-    lz4hc read at 3.0 ns/nz but stored 2.13 B/nz (BENCHMARKS.md, "Out of core", 2026-12-07).
+    lz4hc read at 3.0 ns/nz but stored 2.13 B/nz (BENCHMARKS.md, "Status of #7's targets on
+    2026-12-07, afternoon").
     Stores written with other codecs read as before (zarr records each array's codecs).
     """
     from zarr.codecs import BloscCodec
