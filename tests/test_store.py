@@ -139,6 +139,7 @@ def test_blocks_are_written_with_blosc_zstd_and_old_codecs_still_read(tmp_path, 
         assert "BloscCodec" in _codec_names(a), _codec_names(a)
         (blosc,) = [c for c in a.metadata.codecs if type(c).__name__ == "BloscCodec"]
         assert blosc.cname.value == "zstd" and blosc.shuffle.value == "shuffle"
+        assert _codec_names(a)[-1] == "Crc32cCodec"  # a damaged chunk cannot decode into wrong values
     # a store written before the codec change (zarr's default codecs) reads the same
     monkeypatch.setattr(corpus_mod, "block_compressors", lambda: "auto")
     dd.write_corpus(tmp_path / "old.zarr", X, chunk_rows=100)
@@ -149,3 +150,18 @@ def test_blocks_are_written_with_blosc_zstd_and_old_codecs_still_read(tmp_path, 
         got = got.toarray() if sp.issparse(got) else got
         want = X.toarray() if sparse else X
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_altered_chunk_fails_its_read(tmp_path, rng):
+    """One flipped byte in a stored chunk (not only a truncated one) is a StoreError naming the
+    block, not wrong values: the blocks carry a CRC32C checksum."""
+    X = rng.random((12, 3))
+    dd.write_corpus(tmp_path / "c.zarr", X, chunk_rows=6)
+    chunks = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "c.zarr" / "X" / "1") for f in fs if f != "zarr.json"]
+    with open(chunks[0], "r+b") as fh:
+        fh.seek(20)
+        b = fh.read(1)
+        fh.seek(20)
+        fh.write(bytes([b[0] ^ 0x10]))
+    with pytest.raises(StoreError, match="block 1 cannot be read"):
+        dd.open_corpus(tmp_path / "c.zarr").X.compute(scheduler="synchronous")
