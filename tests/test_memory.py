@@ -204,15 +204,16 @@ def test_in_memory_blocks_are_sent_only_to_a_cluster(local_cluster, scheduler):
 _FRAGMENT = r"""
 import sys, numpy as np
 from dnmf_dask.parallel import memory
-memory.release_free_heap(limit=2**30)  # the first call takes the RSS as its base
+limit = 2 * memory._rss() + 2 * 2**20  # a limit the RSS will be above half of once the holes are made
+memory.release_free_heap(limit=limit)  # the first call takes the RSS as its base
 kept, holes = [], []
 for _ in range(160):  # 1 MiB buffers between small arrays that stay: freeing them leaves holes
     holes.append(np.ones(2**17))
     kept.append(np.ones(2**13))
 del holes
 before = memory._rss()
-freed = memory.release_free_heap(limit=2**30)
-again = memory.release_free_heap(limit=2**30)
+freed = memory.release_free_heap(limit=limit)
+again = memory.release_free_heap(limit=limit)
 print(before, freed, again, memory._rss(), memory.release_free_heap())
 """
 
@@ -245,7 +246,7 @@ def test_release_free_heap_waits_for_the_rss_to_grow(monkeypatch):
         def malloc_trim(self, pad):
             trims.append(pad)
 
-    rss = [500 * 2**20]
+    rss = [1100 * 2**20]  # above half of the limit (HEAP_TRIM_AT_SHARE): growth decides
     monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
     monkeypatch.setattr(memory, "_rss", lambda: rss[0])
     monkeypatch.setattr(memory, "_RSS_AFTER_TRIM", [0])
@@ -262,6 +263,15 @@ def test_release_free_heap_waits_for_the_rss_to_grow(monkeypatch):
     memory.release_free_heap(limit=limit)
     assert trims == [0, 0]
     assert memory.release_free_heap() == 0  # outside a worker: no limit, nothing done
+    # a worker well below its limit does not trim, however much its RSS grew
+    monkeypatch.setattr(memory, "_RSS_AFTER_TRIM", [0])
+    rss[0] = 100 * 2**20
+    memory.release_free_heap(limit=limit)
+    rss[0] = 1000 * 2**20  # grown by 900 MiB, but under half of the 2 GiB limit
+    assert memory.release_free_heap(limit=limit) == 0 and trims == [0, 0]
+    rss[0] = 1100 * 2**20  # above half of it
+    memory.release_free_heap(limit=limit)
+    assert trims == [0, 0, 0]
 
 
 def test_reading_tasks_release_the_heap(tmp_path, monkeypatch):

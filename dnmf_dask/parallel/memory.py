@@ -63,6 +63,12 @@ HEAP_TRIM_GROWTH_SHARE = 1 / 16
 #: ... and by at least this many bytes (a trim costs page faults when the memory is used again)
 HEAP_TRIM_GROWTH_MIN = 64 * 2**20
 
+#: ... and only once the RSS is above this share of the worker's memory_limit: the trim is there
+#: to keep workers under distributed's 70% spill threshold, and below half the limit the page
+#: faults it causes were pure cost (2 x 1.2 GB workers streaming a 4 GB corpus: 11% of the
+#: wall time of an NMF iteration, BENCHMARKS.md, 2026-12-07 afternoon)
+HEAP_TRIM_AT_SHARE = 0.5
+
 #: a block's in-memory size is kept under this share of a worker thread's memory_limit (a pass's
 #: working set is a few times the block: compressed and decoded buffers, a float64 copy for
 #: Neural NMF, X·A and XᵀS), beside the worker's own ~150 MB and its share of S
@@ -133,8 +139,9 @@ def release_free_heap(limit=None):
     of S blocks spilled to disk and read back. ``malloc_trim(0)`` returns every free page of every
     arena (``madvise``), not only the top. It runs when the RSS has grown by more than
     :data:`HEAP_TRIM_GROWTH_SHARE` of the worker's ``memory_limit`` (and at least
-    :data:`HEAP_TRIM_GROWTH_MIN`) since the last trim, so a worker whose memory stays level never
-    pays for it (the pages it gives back fault in again when the heap reuses them).
+    :data:`HEAP_TRIM_GROWTH_MIN`) since the last trim and is above :data:`HEAP_TRIM_AT_SHARE` of
+    the limit, so a worker whose memory stays level, or well below its limit, never pays for it
+    (the pages it gives back fault in again when the heap reuses them).
 
     ``limit``: the memory_limit in bytes (default: the current distributed worker's; nothing is
     done outside a worker or without a limit). Returns the bytes the RSS shrank by (0 when it
@@ -150,7 +157,7 @@ def release_free_heap(limit=None):
     rss = _rss()
     with _HEAP_LOCK:
         base = _RSS_AFTER_TRIM[0] = min(_RSS_AFTER_TRIM[0] or rss, rss)
-        if rss <= base + max(HEAP_TRIM_GROWTH_MIN, HEAP_TRIM_GROWTH_SHARE * limit):
+        if rss <= base + max(HEAP_TRIM_GROWTH_MIN, HEAP_TRIM_GROWTH_SHARE * limit) or rss <= HEAP_TRIM_AT_SHARE * limit:
             return 0
         libc.malloc_trim(0)
         after = _RSS_AFTER_TRIM[0] = _rss()
