@@ -165,3 +165,20 @@ def test_an_altered_chunk_fails_its_read(tmp_path, rng):
         fh.write(bytes([b[0] ^ 0x10]))
     with pytest.raises(StoreError, match="block 1 cannot be read"):
         dd.open_corpus(tmp_path / "c.zarr").X.compute(scheduler="synchronous")
+
+
+def test_append_to_a_store_written_with_the_old_codec(tmp_path, rng, monkeypatch):
+    """A store from before the Blosc codec takes appended blocks (written with the new codec)
+    and reads back whole: each block's arrays carry their own codecs."""
+    from dnmf_dask.store import corpus as corpus_mod
+
+    X1 = sp.csr_matrix(rng.poisson(1.0, (200, 30)).astype(np.float32))
+    X2 = sp.csr_matrix(rng.poisson(1.0, (100, 30)).astype(np.float32))
+    with monkeypatch.context() as m:
+        m.setattr(corpus_mod, "block_compressors", lambda: "auto")
+        dd.write_corpus(tmp_path / "c.zarr", X1, chunk_rows=100)
+    corpus_mod.append_corpus(tmp_path / "c.zarr", X2, chunk_rows=100)
+    g = zarr.open_group(tmp_path / "c.zarr", mode="r")
+    assert "BloscCodec" not in _codec_names(g["X"]["0"]["data"]) and "BloscCodec" in _codec_names(g["X"]["2"]["data"])
+    got = dd.open_corpus(tmp_path / "c.zarr").X.compute()
+    np.testing.assert_array_equal(got.toarray(), sp.vstack([X1, X2]).toarray())
