@@ -15,7 +15,7 @@ from .. import progress
 from ..kernels.nmf import block_step, semi_block_step, semi_update_A, update_factor
 from ..kernels.solvers import general_block_step, penalty, update_A, update_B
 from .blocks import Blocks
-from .mapreduce import add_stats, compact_stats, map_reduce, one_blas_thread, submit_map_reduce, wait_for
+from .mapreduce import add_stats, compact_stats, map_reduce, one_blas_thread, submit_map_reduce, tree_placement, wait_for
 
 
 def _mu_task(X, S, y, W, *, A, AtA, B, lam, update_S, semi, opts=None):
@@ -200,7 +200,7 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
         S_out, state_out, (small,) = submit_map_reduce(
             _mu_pass_task, list(zip(blocks.X, S_in, y_parts, W_parts)), state=state,
             finish=_mu_finish, finish_kwargs={"state": state, "lam": lam, "semi": semi, "opts": opts}, finish_items=(1,),
-            keep_outputs=bool(update_S), lam=lam, update_S=update_S, semi=semi, opts=opts,
+            keep_outputs=bool(update_S), placement=placement, lam=lam, update_S=update_S, semi=semi, opts=opts,
         )
         return _Pass(S_in, state, S_out, state_out, small)
 
@@ -210,6 +210,8 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     # hold decoded blocks in the workers' memory until the current pass's updates are done. A
     # corpus streamed from its store is read inside the pass's tasks, which wait for the factors.
     speculate = checkpoint is None and (blocks.persisted or blocks.streamed)
+    # a streamed pass's tasks go where the tree adds them (persisted blocks stay where they are)
+    placement = tree_placement(blocks.n_blocks) if blocks.streamed and not blocks.persisted else None
     # the driver's k-column GEMMs (the first AᵀA) are as small as the tasks' ones, on every scheduler
     with one_blas_thread(driver=True):
         stop_reason, n_iter = "max_iter", first - 1
