@@ -77,10 +77,10 @@ BLOCK_SHARE_OF_MEMORY = 1 / 8
 #: ``persist="auto"`` loads X only when it takes at most this share of the workers' total memory_limit
 PERSIST_SHARE_OF_MEMORY = 0.25
 
-#: X held in a distributed cluster's memory for a whole fit is cut into blocks of at least this
-#: much work per pass (nonzeros of sparse X, entries of dense X): ~50 ms of an MU step at ~3 ns
-#: per nonzero, so the ~2-3 ms a task costs the scheduler and the driver stays small beside it
-#: (:func:`persisted_block_count`)
+#: X held in a distributed cluster's memory for a whole fit is cut into blocks of up to this much
+#: work per pass (nonzeros of sparse X, entries of dense X; but at least one block per worker
+#: thread): ~50 ms of an MU step at ~3 ns per nonzero, so the ~2-3 ms a task costs the scheduler
+#: and the driver stays small beside it (:func:`persisted_block_count`)
 PERSISTED_WORK_PER_BLOCK = 16_000_000
 
 
@@ -277,12 +277,18 @@ def block_bytes_budget():
     :data:`BLOCK_SHARE_OF_MEMORY` of the smallest worker ``memory_limit`` per worker thread (each
     thread runs its own block); None without a distributed Client with memory limits.
     """
-    workers = _workers()  # one request to the scheduler for both the limits and the threads
+    return _block_budget(_workers())  # one request to the scheduler for both the limits and the threads
+
+
+def _threads(w):
+    return max(1, int(w.get("nthreads", 1) or 1))
+
+
+def _block_budget(workers):
     limits = _memory_limits(workers)
     if limits is None:
         return None
-    threads = max(int(w.get("nthreads", 1) or 1) for w in workers.values())
-    return int(BLOCK_SHARE_OF_MEMORY * min(limits) / threads)
+    return int(BLOCK_SHARE_OF_MEMORY * min(limits) / max(_threads(w) for w in workers.values()))
 
 
 def persisted_block_count(work: int, nbytes: int, n_blocks: int) -> int | None:
@@ -301,12 +307,11 @@ def persisted_block_count(work: int, nbytes: int, n_blocks: int) -> int | None:
     workers = _workers()
     if not workers or not work:
         return None
-    slots = sum(max(1, int(w.get("nthreads", 1) or 1)) for w in workers.values())
+    slots = sum(_threads(w) for w in workers.values())
     n = max(slots, -(-int(work) // PERSISTED_WORK_PER_BLOCK))
-    limits = _memory_limits(workers)
-    if limits is not None:
-        threads = max(max(1, int(w.get("nthreads", 1) or 1)) for w in workers.values())
-        n = max(n, -(-int(nbytes) // max(1, int(BLOCK_SHARE_OF_MEMORY * min(limits) / threads))))
+    budget = _block_budget(workers)
+    if budget is not None:
+        n = max(n, -(-int(nbytes) // max(1, budget)))
     n = -(-n // slots) * slots
     return int(min(n, n_blocks))
 
