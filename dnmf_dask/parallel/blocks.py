@@ -18,7 +18,8 @@ import scipy.sparse as sp
 
 from .._validation import check_groups, check_not_empty, check_matrix, check_observed
 from ..store.corpus import Corpus, StoredBlock, auto_chunk_rows, row_blocks, stored_blocks
-from .memory import block_bytes_budget, release_free_heap, warn_if_blocks_exceed
+from .mapreduce import _reading
+from .memory import block_bytes_budget, warn_if_blocks_exceed
 from .scheduler import local_scheduler
 
 
@@ -104,7 +105,7 @@ class Blocks:
         cuts = merge_bounds(self.offsets, n_blocks)
 
         def runs(parts):
-            return [dask.delayed(_concat_rows, pure=True)(*parts[a:b], dask_key_name=f"merge-blocks-{uuid.uuid4().hex}")
+            return [dask.delayed(_reading, pure=True)(_concat_rows, *parts[a:b], dask_key_name=f"merge-blocks-{uuid.uuid4().hex}")
                     for a, b in zip(cuts[:-1], cuts[1:])]
 
         W = None if self.W is None else runs(self.W)
@@ -135,16 +136,12 @@ def merge_bounds(offsets, n_blocks) -> np.ndarray:
 
 
 def _concat_rows(*parts):
-    """Stack row blocks (scipy CSR, numpy, or :class:`StoredBlock` read here) into one block."""
-    try:
-        parts = [p.load() if isinstance(p, StoredBlock) else p for p in parts]
-        if len(parts) == 1:
-            return parts[0]
-        if sp.issparse(parts[0]):
-            return sp.vstack(parts, format="csr")
-        return np.concatenate(parts, axis=0)
-    finally:
-        release_free_heap()
+    """Stack row blocks (scipy CSR or numpy) into one block."""
+    if len(parts) == 1:
+        return parts[0]
+    if sp.issparse(parts[0]):
+        return sp.vstack(parts, format="csr")
+    return np.concatenate(parts, axis=0)
 
 
 def _split_in_memory(X, offsets, prefix):

@@ -17,7 +17,7 @@ import dask
 import numpy as np
 
 from ..store.corpus import StoredBlock
-from .memory import release_free_heap
+from .memory import _workers, release_free_heap
 from .scheduler import local_scheduler
 
 FAN_IN = 8
@@ -206,8 +206,6 @@ def tree_placement(n_blocks, fan_in=FAN_IN):
     thread is free, and an ``add_stats`` task then fetched most of its 8 inputs (``XᵀS``, 1.6 MB
     each at 20,000 x 20) from the other worker. Placed this way (loosely: ``allow_other_workers``,
     so work stealing still balances) only the tree's upper levels cross between workers."""
-    from .memory import _workers
-
     workers = _workers()
     if not workers or len(workers) < 2:
         return None

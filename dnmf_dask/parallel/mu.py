@@ -211,7 +211,7 @@ def fit_mu(blocks: Blocks, S_blocks, A, *, B=None, y=None, lam=0.0, max_iter=200
     # corpus streamed from its store is read inside the pass's tasks, which wait for the factors.
     speculate = checkpoint is None and (blocks.persisted or blocks.streamed)
     # a streamed pass's tasks go where the tree adds them (persisted blocks stay where they are)
-    placement = tree_placement(blocks.n_blocks) if blocks.streamed and not blocks.persisted else None
+    placement = tree_placement(blocks.n_blocks) if blocks.streamed else None
     # the driver's k-column GEMMs (the first AᵀA) are as small as the tasks' ones, on every scheduler
     with one_blas_thread(driver=True):
         stop_reason, n_iter = "max_iter", first - 1

@@ -77,12 +77,9 @@ class NeuralPasses:
 
     def __call__(self, As, B, idx=None):
         As_d = dask.delayed(list(As))
-        if idx is not None:  # a mini-batch: cold, keeps nothing
-            items = [self.per_block[i] for i in idx]
+        if idx is not None or not self.use_warm:  # a mini-batch, or a cold full pass: keeps nothing
+            items = self.per_block if idx is None else [self.per_block[i] for i in idx]
             _, st = map_reduce(cost_grad_task, items, keep_outputs=False, As=As_d, B=B, **self.task_kw)
-            return st
-        if not self.use_warm:
-            _, st = map_reduce(cost_grad_task, self.per_block, keep_outputs=False, As=As_d, B=B, **self.task_kw)
             return st
         limit = max_chain(As, B)
         if self.state[0] is not None and limit is not None and self.chain >= limit:
