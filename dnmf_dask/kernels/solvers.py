@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._env import fused_module as _fused
-from .nmf import EPS, _mu, gram_den, one_hot, split_missing
+from .nmf import EPS, _mu, gram_den, observed, one_hot
 
 #: float64 machine epsilon: A entries below it are set to 0 after a KL update (as scikit-learn)
 TINY = float(np.finfo(np.float64).eps)
@@ -224,10 +224,9 @@ def general_block_step(X, S, A, *, loss="frobenius", B=None, y=None, lam=0.0, la
         (or ``WSAtS`` with a mask); KL ``RtS`` = (X ⊘ S_new Aᵀ)ᵀ S_new and ``S_sum`` (k,)
         (or ``WtS`` = Wᵀ S_new with a mask). B-update sums: see :func:`label_stats`.
     """
-    X, W = split_missing(X, W)
+    X, W, norm_X = observed(X, W)
     dt = S.dtype
     A = A.astype(dt, copy=False)
-    norm_X = float(X.multiply(X).sum()) if sp.issparse(X) else float(np.einsum("ij,ij->", X, X, dtype=np.float64))
     if AtA is None:
         AtA = A.T @ A
     AtA = AtA.astype(dt, copy=False)
