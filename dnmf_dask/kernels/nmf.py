@@ -214,7 +214,8 @@ def _dense_mu_sweep(X, S, A, den, num_add, update_S):
     rows = max(8, SWEEP_PIECE_BYTES // max(1, f * X.itemsize))
     dt = S.dtype
     S_new = np.empty_like(S) if update_S else S
-    XtS = np.zeros((f, S.shape[1]), dtype=np.float64)
+    # summed in the products' dtype, as one GEMM would (a float32 sum then travels as float32)
+    XtS = np.zeros((f, S.shape[1]), dtype=np.result_type(X.dtype, S.dtype))
     S_XA = norm = 0.0
     for i in range(0, n, rows):
         Xp, Sp = X[i : i + rows], S[i : i + rows]
@@ -227,7 +228,7 @@ def _dense_mu_sweep(X, S, A, den, num_add, update_S):
             num = XA if num_add is None else XA + num_add[i : i + rows]
             S_new[i : i + rows] = _mu(Sp, num, den[i : i + rows])
         XtS += Xp.T @ S_new[i : i + rows]
-    return S_new.astype(dt, copy=False), XtS, S_XA, norm
+    return S_new.astype(dt, copy=False), XtS.astype(np.float64), S_XA, norm
 
 
 def _unmasked_step(X, S, A, den, num_add, update_S):

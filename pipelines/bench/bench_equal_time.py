@@ -21,17 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nnz", type=float, default=3e7, help="nonzeros drawn (duplicates are summed: ~2/3 remain)")
-    p.add_argument("--per-row", type=float, default=140.0)
-    p.add_argument("--features", type=int, default=20_000)
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-
     from sklearn.decomposition import NMF as SkNMF
 
-    from bench_nmf import skewed_sparse
+    from bench_nmf import skewed_args, skewed_sparse
+
+    args = skewed_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
     from dnmf_dask import NMF
 
     X = skewed_sparse(int(args.nnz / args.per_row), args.features, int(args.nnz), np.dtype("float32"), args.seed)

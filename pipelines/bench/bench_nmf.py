@@ -68,6 +68,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def skewed_args(p, nnz=3e7, per_row=140.0):
+    """The arguments of :func:`skewed_sparse`'s matrix (and the rank and seed) for the benches
+    that fit it (``bench_equal_time.py``, ``profile_cluster.py``); defaults: the #7 case."""
+    p.add_argument("--nnz", type=float, default=nnz, help="nonzeros drawn (duplicates are summed: ~2/3 remain)")
+    p.add_argument("--per-row", type=float, default=per_row, help="mean nonzeros drawn per row")
+    p.add_argument("--features", type=int, default=20_000, help="columns")
+    p.add_argument("--k", type=int, default=20, help="rank")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
