@@ -170,6 +170,11 @@ def split_missing(X, W=None):
     return np.where(W, np.nan_to_num(X), 0).astype(X.dtype, copy=False), W
 
 
+def _dense_float(X):
+    """X is a dense 2-D float32/float64 ndarray (what the one-sweep dense paths take)."""
+    return isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype in (np.float32, np.float64)
+
+
 def observed(X, W=None):
     """``(X, W, ||W⊙X||²)``: :func:`split_missing`'s pair and the squared norm of the observed
     entries in float64, with one sweep of a dense X that has no missing entry.
@@ -181,7 +186,7 @@ def observed(X, W=None):
     the zero-filled X in float64. Every MU pass needs ||X||²; for dense blocks these two sweeps
     were as costly as one of the pass's two GEMMs (BENCHMARKS.md, dense MU).
     """
-    if W is None and not sp.issparse(X) and X.ndim == 2 and X.dtype in (np.float32, np.float64):
+    if W is None and _dense_float(X):
         norm = float(np.einsum("ij,ij->i", X, X).sum(dtype=np.float64))
         if np.isfinite(norm):
             return X, None, norm
@@ -192,10 +197,6 @@ def observed(X, W=None):
 #: a dense block's MU pass takes its rows in pieces of about this many bytes of X, so that the
 #: piece read for ``X A`` is still in the core's cache for ``Xᵀ S_new`` (:func:`_dense_mu_sweep`)
 SWEEP_PIECE_BYTES = 1 << 20
-
-
-def _dense_float(X):
-    return isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype in (np.float32, np.float64)
 
 
 def _dense_mu_sweep(X, S, A, den, num_add, update_S):
@@ -233,7 +234,7 @@ def _dense_mu_sweep(X, S, A, den, num_add, update_S):
 
 def _unmasked_step(X, S, A, den, num_add, update_S):
     """``(S_new, XᵀS_new in float64, ⟨S, X A⟩)`` of the Frobenius MU pass without a mask, for the
-    blocks :func:`_dense_mu_sweep` does not take (sparse, or with the products switched)."""
+    blocks :func:`_dense_mu_sweep` does not take: sparse ones, and dense ones of another dtype."""
     fused = _fused_frobenius(X, S)
     spmm = None if fused is not None else _spmm_for(X, S)
     if spmm is not None:
