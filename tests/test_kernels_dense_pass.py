@@ -133,3 +133,18 @@ def test_nan_in_a_later_piece_gives_the_masked_pass(rng, monkeypatch):
     np.testing.assert_allclose(st["loss_X"], float(np.sum((X0 - WSA) ** 2)), rtol=1e-12)
     np.testing.assert_allclose(st["norm_X"], float(np.sum(X0 ** 2)), rtol=1e-12)
     assert "WSAtS" in st and "StS" not in st
+
+
+def test_fit_with_pieces_equals_fit_with_whole_blocks(rng, monkeypatch):
+    """a dense NMF fit (threads, several blocks) is the same when every block goes in 8-row pieces"""
+    import dnmf_dask as dd
+
+    X = rng.random((300, 50)) @ rng.random((50, 40)) + 0.01 * rng.random((300, 40))
+    fits = []
+    for piece_bytes in (1 << 30, 1):
+        monkeypatch.setattr(nmf, "SWEEP_PIECE_BYTES", piece_bytes)
+        m = dd.NMF(5, init="random", max_iter=30, tol=0, random_state=0, chunk_rows=70, scheduler="threads").fit(X)
+        fits.append((m.components_, m.transform(X), m.history_["objective"]))
+    np.testing.assert_allclose(fits[1][0], fits[0][0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fits[1][1], fits[0][1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fits[1][2], fits[0][2], rtol=1e-11)
