@@ -148,3 +148,14 @@ def test_fit_with_pieces_equals_fit_with_whole_blocks(rng, monkeypatch):
     np.testing.assert_allclose(fits[1][0], fits[0][0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fits[1][1], fits[0][1], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fits[1][2], fits[0][2], rtol=1e-11)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix itself
+def test_matrix_and_fortran_blocks_give_the_same_pass(rng):
+    X, S, A = rng.random((40, 12)), rng.random((40, 3)) + 0.1, rng.random((12, 3)) + 0.1
+    S_ref, ref = block_step(X, S, A)
+    for Xin in (np.asmatrix(X), np.asfortranarray(X)):
+        S_new, st = block_step(Xin, S, A)
+        assert type(S_new) is np.ndarray
+        np.testing.assert_allclose(S_new, S_ref, rtol=1e-13)
+        np.testing.assert_allclose(st["XtS"], ref["XtS"], rtol=1e-13)

@@ -211,6 +211,7 @@ def _dense_mu_sweep(X, S, A, den, num_add, update_S):
     Returns ``(S_new, XᵀS_new in float64, ⟨S, X A⟩, ||X||²)``, or None as soon as a piece's norm
     is not finite (a NaN or inf entry: the caller takes the masked path).
     """
+    X = np.asarray(X)  # (an np.matrix would make `*` a matrix product)
     n, f = X.shape
     rows = max(8, SWEEP_PIECE_BYTES // max(1, f * X.itemsize))
     dt = S.dtype
