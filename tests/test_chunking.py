@@ -112,10 +112,48 @@ def test_persisted_block_count_of_a_cluster(local_cluster):
     from dnmf_dask.parallel.scheduler import scheduler_context
 
     with dask.config.set(scheduler="threads"):
-        assert persisted_block_count(10**9, 10**9, 64) is None  # dask's own schedulers: blocks as they are
+        assert persisted_block_count(10**9, 10**9, 64) is None  # dask's own schedulers: in_memory_block_count
     with scheduler_context(local_cluster):  # 2 workers x 1 thread, 2 GiB each: 256 MiB per block at most
         assert persisted_block_count(10_000, 80_000, 8) == 2  # one per worker thread
         assert persisted_block_count(2 * PERSISTED_WORK_PER_BLOCK + 1, 1, 64) == 4  # 3, rounded up to a multiple of 2
         assert persisted_block_count(10_000, 3 * 2**30, 64) == 12  # 3 GiB in blocks of at most 256 MiB
         assert persisted_block_count(10**10, 1, 5) == 5  # never more blocks than there are
         assert persisted_block_count(None, 1, 5) is None  # work unknown (sparse dask input)
+
+
+def test_in_memory_block_count_on_dask_schedulers(local_cluster):
+    from dnmf_dask.parallel.memory import PERSISTED_WORK_PER_BLOCK, in_memory_block_count
+    from dnmf_dask.parallel.scheduler import scheduler_context
+
+    with dask.config.set(scheduler="threads", num_workers=3):
+        assert in_memory_block_count(10_000, 8) == 3  # one per thread
+        assert in_memory_block_count(4 * PERSISTED_WORK_PER_BLOCK + 1, 64) == 6  # 5, rounded up to a multiple of 3
+        assert in_memory_block_count(10**10, 5) == 5  # never more than the default blocking's
+        assert in_memory_block_count(None, 5) is None
+    with dask.config.set(scheduler="synchronous"):
+        assert in_memory_block_count(10_000, 8) == 1
+    with scheduler_context(local_cluster):
+        assert in_memory_block_count(10_000, 8) is None  # a cluster merges as it loads (persisted_block_count)
+
+
+def test_in_memory_x_is_cut_into_one_block_per_thread(rng, monkeypatch):
+    """numpy / sparse X on threads, no chunk_rows: the fit holds X in memory, so it takes about one
+    block per thread instead of the default blocking (made small here); same fit either way"""
+    import scipy.sparse as sp
+
+    import dnmf_dask as dd
+    from dnmf_dask.parallel import blocks as blocks_mod
+    from dnmf_dask.store import corpus as corpus_mod
+
+    monkeypatch.setattr(corpus_mod, "TARGET_NNZ_PER_BLOCK", 2_000)
+    monkeypatch.setattr(corpus_mod, "MIN_NNZ_PER_BLOCK", 1)
+    X = sp.random(400, 60, density=0.3, format="csr", random_state=0) + sp.random(400, 60, density=0.01, random_state=1)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        default, _ = blocks_mod.as_blocks(X)
+        few, _ = blocks_mod.as_blocks(X, few_blocks=True)
+        assert default.n_blocks >= 4 and few.n_blocks == 2
+        groups = np.repeat(np.arange(100), 4)
+        assert blocks_mod.as_blocks(X, groups=groups, few_blocks=True)[0].offsets.tolist() == [0, 200, 400]
+        fits = [dd.NMF(4, init="random", max_iter=15, tol=0, random_state=0, chunk_rows=rows).fit(X)
+                for rows in (None, int(np.diff(default.offsets).max()))]
+    np.testing.assert_allclose(fits[0].components_, fits[1].components_, rtol=1e-9, atol=1e-12)

@@ -62,8 +62,8 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
     _allow_negative = False
     #: whether missing data is allowed (NaN in dense X, or an ``observed=`` mask)
     _allow_missing = True
-    #: X held in a distributed cluster's memory is merged into fewer, larger blocks when the user
-    #: chose no ``chunk_rows`` (:func:`~dnmf_dask.parallel.memory.persisted_block_count`)
+    #: X held in memory is cut into (on a cluster: merged into) fewer, larger blocks, about one per
+    #: thread, when the user chose no ``chunk_rows`` (:func:`~dnmf_dask.parallel.memory.persisted_block_count`)
     _merge_persisted_blocks = True
 
     def __sklearn_tags__(self):
@@ -95,7 +95,7 @@ class BaseFactorization(TransformerMixin, BaseEstimator):
             raise DNMFValueError(f"observed: expected None ({type(self).__name__} does not support missing data here), found a mask")
         blocks, info = as_blocks(
             X, groups=groups, observed=observed, chunk_rows=chunk_rows or self.chunk_rows, allow_negative=self._allow_negative,
-            allow_nan=bool(self._allow_missing),
+            allow_nan=bool(self._allow_missing), few_blocks=self._merge_persisted_blocks and self.persist is not False,
         )
         if y is not None:
             y = check_labels(y, blocks.n_samples, "y")

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from .._validation import check_groups, check_not_empty, check_matrix, check_observed
 from ..store.corpus import Corpus, StoredBlock, auto_chunk_rows, row_blocks, stored_blocks
 from .mapreduce import _reading
-from .memory import block_bytes_budget, warn_if_blocks_exceed
+from .memory import block_bytes_budget, in_memory_block_count, warn_if_blocks_exceed
 from .scheduler import local_scheduler
 
 
@@ -162,8 +162,15 @@ def _dask_blocks(X, groups):
     return list(X.to_delayed().ravel()), offsets, X
 
 
-def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=False, allow_nan=True) -> tuple[Blocks, dict]:
+def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=False, allow_nan=True,
+              few_blocks=False) -> tuple[Blocks, dict]:
     """Turn the estimators' input into :class:`Blocks`.
+
+    ``few_blocks``: a numpy / scipy.sparse X on dask's own scheduler, with no ``chunk_rows``, is
+    cut into :func:`~dnmf_dask.parallel.memory.in_memory_block_count` blocks (about one per
+    thread; never more than the default), not the default blocking, which is sized for a pass
+    that reads its blocks: the fit holds X in memory (on a cluster the blocks are merged as they
+    are loaded instead, :meth:`Blocks.persist`).
 
     Returns ``(blocks, info)`` where ``info`` has ``kind`` ("numpy", "sparse", "dask", "corpus"),
     the validated ``groups`` codes (or None) and ``nnz`` when known.
@@ -206,6 +213,11 @@ def as_blocks(X, *, groups=None, observed=None, chunk_rows=None, allow_negative=
         info["nnz"] = Xc.nnz
     if chunk_rows is None:
         chunk_rows = auto_chunk_rows(n, f, Xc.nnz if sparse else None, Xc.dtype.itemsize, block_bytes_budget())
+        if few_blocks:
+            n_default = len(row_blocks(n, chunk_rows)) - 1
+            n_blocks = in_memory_block_count(Xc.nnz if sparse else n * f, n_default)
+            if n_blocks and n_blocks < n_default:
+                chunk_rows = -(-n // n_blocks)
     offsets = row_blocks(n, chunk_rows, g)
     parts = _split_in_memory(Xc, offsets, "X")
     Wparts = None if W is None else _split_in_memory(W, offsets, "observed")

@@ -291,6 +291,25 @@ def _block_budget(workers):
     return int(BLOCK_SHARE_OF_MEMORY * min(limits) / max(_threads(w) for w in workers.values()))
 
 
+def _local_slots():
+    """Threads (or processes) of dask's own scheduler in effect: 1 for the synchronous one, else
+    dask's ``num_workers`` or the CPUs this process may use."""
+    import dask.local
+    from dask.system import CPU_COUNT
+
+    if dask.base.get_scheduler() is dask.local.get_sync:
+        return 1
+    return max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
+
+
+def _blocks_for(work, slots, n_blocks, nbytes=0, budget=None):
+    n = max(slots, -(-int(work) // PERSISTED_WORK_PER_BLOCK))
+    if budget is not None:
+        n = max(n, -(-int(nbytes) // max(1, budget)))
+    n = -(-n // slots) * slots
+    return int(min(n, n_blocks))
+
+
 def persisted_block_count(work: int, nbytes: int, n_blocks: int) -> int | None:
     """How many blocks X should have while a distributed cluster holds it in memory for a fit, or None.
 
@@ -301,19 +320,38 @@ def persisted_block_count(work: int, nbytes: int, n_blocks: int) -> int | None:
     2 blocks (BENCHMARKS.md, 2026-12-07). So: ``work`` / :data:`PERSISTED_WORK_PER_BLOCK`
     blocks, at least one per worker thread, rounded up to a multiple of the threads, never
     larger than :func:`block_bytes_budget` (``nbytes`` in all) and never more than the
-    ``n_blocks`` there are (blocks are only merged). None on dask's own schedulers (a task costs
-    them ~1 ms and their threads balance small blocks well) and when ``work`` is not known.
+    ``n_blocks`` there are (blocks are only merged). None on dask's own schedulers (numpy and
+    scipy.sparse input is cut to size there instead, :func:`in_memory_block_count`; dask and
+    corpus input keep their blocks) and when ``work`` is not known.
     """
     workers = _workers()
     if not workers or not work:
         return None
     slots = sum(_threads(w) for w in workers.values())
-    n = max(slots, -(-int(work) // PERSISTED_WORK_PER_BLOCK))
-    budget = _block_budget(workers)
-    if budget is not None:
-        n = max(n, -(-int(nbytes) // max(1, budget)))
-    n = -(-n // slots) * slots
-    return int(min(n, n_blocks))
+    return _blocks_for(work, slots, n_blocks, nbytes, _block_budget(workers))
+
+
+def _local_slots():
+    """Threads (or processes) of dask's own scheduler in effect: 1 for the synchronous one, else
+    dask's ``num_workers`` or the CPUs this process may use."""
+    import dask.local
+    from dask.system import CPU_COUNT
+
+    if dask.base.get_scheduler() is dask.local.get_sync:
+        return 1
+    return max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
+
+
+def in_memory_block_count(work: int, n_blocks: int) -> int | None:
+    """The blocks of a numpy / scipy.sparse X that a fit on dask's own scheduler holds in memory:
+    :func:`persisted_block_count`'s rule with the scheduler's threads, at most ``n_blocks`` (the
+    default blocking's, sized for passes that read their blocks). On threads the 8 default blocks
+    of a 2e7-nonzero X cost 22% of an iteration against 2 (0.054 against 0.045 s, ~1 ms per
+    task; BENCHMARKS.md, 2026-12-07). None on a distributed cluster (which merges the blocks as
+    it loads them) and when ``work`` is not known."""
+    if not work or not local_scheduler():
+        return None
+    return _blocks_for(work, _local_slots(), n_blocks)
 
 
 def warn_if_blocks_exceed(corpus):
