@@ -291,18 +291,9 @@ def _block_budget(workers):
     return int(BLOCK_SHARE_OF_MEMORY * min(limits) / max(_threads(w) for w in workers.values()))
 
 
-def _local_slots():
-    """Threads (or processes) of dask's own scheduler in effect: 1 for the synchronous one, else
-    dask's ``num_workers`` or the CPUs this process may use."""
-    import dask.local
-    from dask.system import CPU_COUNT
-
-    if dask.base.get_scheduler() is dask.local.get_sync:
-        return 1
-    return max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
-
-
 def _blocks_for(work, slots, n_blocks, nbytes=0, budget=None):
+    """``work`` / :data:`PERSISTED_WORK_PER_BLOCK` blocks, at least ``slots``, at most ``budget``
+    bytes each (``nbytes`` in all), rounded up to a multiple of ``slots``, at most ``n_blocks``."""
     n = max(slots, -(-int(work) // PERSISTED_WORK_PER_BLOCK))
     if budget is not None:
         n = max(n, -(-int(nbytes) // max(1, budget)))
