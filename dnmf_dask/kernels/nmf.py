@@ -175,6 +175,12 @@ def _dense_float(X):
     return isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype in (np.float32, np.float64)
 
 
+def _rows_sq_norm(X):
+    """``||X||²`` of a dense block: each row summed in X's dtype (vectorised), the rows in float64
+    (~1e-9 from a float64 sum; a NaN or inf entry, or squares beyond the dtype, make it not finite)."""
+    return float(np.einsum("ij,ij->i", X, X).sum(dtype=np.float64))
+
+
 def observed(X, W=None):
     """``(X, W, ||W⊙X||²)``: :func:`split_missing`'s pair and the squared norm of the observed
     entries in float64, with one sweep of a dense X that has no missing entry.
@@ -187,7 +193,7 @@ def observed(X, W=None):
     were as costly as one of the pass's two GEMMs (BENCHMARKS.md, dense MU).
     """
     if W is None and _dense_float(X):
-        norm = float(np.einsum("ij,ij->i", X, X).sum(dtype=np.float64))
+        norm = _rows_sq_norm(X)
         if np.isfinite(norm):
             return X, None, norm
     X, W = split_missing(X, W)
@@ -221,7 +227,7 @@ def _dense_mu_sweep(X, S, A, den, num_add, update_S):
     S_XA = norm = 0.0
     for i in range(0, n, rows):
         Xp, Sp = X[i : i + rows], S[i : i + rows]
-        norm += float(np.einsum("ij,ij->i", Xp, Xp).sum(dtype=np.float64))
+        norm += _rows_sq_norm(Xp)
         if not np.isfinite(norm):
             return None
         XA = Xp @ A

@@ -41,7 +41,9 @@ import threading
 import warnings
 
 import dask
+import dask.local
 import numpy as np
+from dask.system import CPU_COUNT
 
 from .scheduler import local_scheduler
 
@@ -325,9 +327,6 @@ def persisted_block_count(work: int, nbytes: int, n_blocks: int) -> int | None:
 def _local_slots():
     """Threads (or processes) of dask's own scheduler in effect: 1 for the synchronous one, else
     dask's ``num_workers`` or the CPUs this process may use."""
-    import dask.local
-    from dask.system import CPU_COUNT
-
     if dask.base.get_scheduler() is dask.local.get_sync:
         return 1
     return max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))

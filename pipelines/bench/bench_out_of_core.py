@@ -15,10 +15,12 @@ What it does, in one process run:
    ``memory_limit=--memory-limit`` each, and a sampler thread in this process that reads every
    worker process's RSS (psutil, every ``--sample`` s) for the whole run.
 3. Floor (c) on that cluster: one task per stored block that reads and decodes it and returns
-   its nnz (nothing else), the same tasks and placement freedom as a fit's read. Then the CPU
-   floor: per block, the thread CPU seconds of reading it and of one MU step on it, summed and
-   divided by the worker threads (what a perfect pipeline would take; reading and computing
-   share the cores, so floor (c) alone is not reachable by any fit).
+   its nnz (nothing else), the same tasks and placement freedom as a fit's read; a first pass
+   (perhaps from disk) is reported apart from the median of the passes after it. Then the CPU
+   floor: each worker reads its share of the blocks one after the other and gives each one MU
+   step, and the process CPU seconds of all of it, summed and divided by the worker threads,
+   are what a perfect pipeline would take (reading and computing share the cores, so floor (c)
+   alone is not reachable by any fit).
 4. Fits ``NMF(init=--init)`` (default "random") for ``--iters`` iterations, then for 1, and
    ``NeuralNMF(init="random", solver="pgd")`` for ``--epochs`` epochs, straight from the store
    (``persist="auto"``: the library decides; it must not load the corpus). NMF's seconds per
@@ -297,6 +299,7 @@ def _read_and_step(path, shares, offsets, n_features, dtype, k, dask_worker=None
     from threadpoolctl import threadpool_limits
 
     from dnmf_dask.kernels.nmf import block_step
+    from dnmf_dask.parallel.memory import _glibc
     from dnmf_dask.store.corpus import _load_block
 
     read = step = 0.0
@@ -313,12 +316,9 @@ def _read_and_step(path, shares, offsets, n_features, dtype, k, dask_worker=None
             block_step(X, S, A)
             step += time.process_time() - t0
             del X, S, A
-    try:  # hand the blocks' freed heap back, so that the phases after this one start as before it
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()  # hand the blocks' freed heap back, so that the phases after this one start as before it
+    if libc is not None:
+        libc.malloc_trim(0)
     return read, step
 
 
