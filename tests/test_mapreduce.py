@@ -167,3 +167,22 @@ def test_known_value_not_traversed():
     value = ({"A": np.ones(2)}, [dask.delayed(1)])  # (a computed value never holds a collection)
     k = mapreduce.known(value)
     assert k.value is value and fetch(k) is value
+
+
+def test_processes_scheduler_runs_the_raw_pass_and_agrees():
+    """dask's multiprocessing scheduler pickles each raw task (its _Call): same outputs and sums."""
+    parts = [np.random.default_rng(i).random(6) for i in range(5)]
+    per_block = [(dask.delayed(p), [p[:2], "x"]) for p in parts]
+    res = {}
+    for sched in ("threads", "processes"):
+        with dask.config.set(scheduler=sched):
+            outs, st = map_reduce(_echo_sum, per_block, scale=2.0)
+        res[sched] = ([o.value for o in outs], st)
+    for a, b in zip(res["threads"][0], res["processes"][0]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(res["threads"][1]["s"], res["processes"][1]["s"])
+
+
+def _echo_sum(x, pair, *, scale):
+    assert pair[1] == "x"
+    return x * scale, {"s": np.array([x.sum() + pair[0].sum()])}
