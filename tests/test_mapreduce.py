@@ -186,3 +186,14 @@ def test_processes_scheduler_runs_the_raw_pass_and_agrees():
 def _echo_sum(x, pair, *, scale):
     assert pair[1] == "x"
     return x * scale, {"s": np.array([x.sum() + pair[0].sum()])}
+
+
+def test_fetch_takes_a_persisted_value_from_its_future(local_cluster, monkeypatch):
+    """On a Client, a pass's scalars come from the persisted future itself: a ``compute`` would
+    send the scheduler a new graph every iteration."""
+    with dask.config.set(scheduler=local_cluster):
+        (p,) = dask.persist(dask.delayed(sum)([1, 2]))
+        monkeypatch.setattr(Delayed, "compute", lambda self, **kw: pytest.fail("computed"))
+        assert fetch(p) == 3
+        monkeypatch.undo()
+        assert fetch(dask.delayed(sum)([3, 4])) == 7  # not persisted: computed

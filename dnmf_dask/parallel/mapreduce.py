@@ -263,8 +263,20 @@ def known(value, prefix="known"):
 
 
 def fetch(d):
-    """The value of ``d``: a :class:`Known`'s at once, anything else computed."""
-    return d.value if isinstance(d, Known) else d.compute()
+    """The value of ``d``: a :class:`Known`'s at once, a persisted one's from its future (no new
+    graph for the scheduler: a ``compute`` submits one), anything else computed."""
+    if isinstance(d, Known):
+        return d.value
+    graph = d.__dask_graph__()
+    if len(graph) == 1:
+        try:
+            from distributed import Future
+        except ImportError:  # pragma: no cover - distributed is a dependency
+            Future = ()
+        f = graph.get(d.key)
+        if isinstance(f, Future):
+            return f.result()
+    return d.compute()
 
 
 class _Ref:
