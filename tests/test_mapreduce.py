@@ -197,3 +197,22 @@ def test_fetch_takes_a_persisted_value_from_its_future(local_cluster, monkeypatc
         assert fetch(p) == 3
         monkeypatch.undo()
         assert fetch(dask.delayed(sum)([3, 4])) == 7  # not persisted: computed
+
+
+def _types_finish(*parts):
+    return [type(p).__name__ for p in parts], None
+
+
+def test_tree_adds_only_the_stats_of_blocks_spread_over_workers(local_cluster):
+    """With X persisted on several workers, the reduction takes each block's stats alone (a
+    getitem beside the block): a block task's whole (output, stats) result fetched by the worker
+    of the A update carried the block's new S rows with it, every iteration."""
+    parts = [np.full(1000, float(i)) for i in range(4)]
+    with dask.config.set(scheduler=local_cluster):
+        per_block = [(d,) for d in dask.persist(*[dask.delayed(p) for p in parts])]
+        _, root, _ = submit_map_reduce(_block, per_block, finish=_types_finish)
+        assert fetch(root)[0] == ["dict"] * 4
+        # a placement puts each tree node beside its blocks: whole results, no extra tasks
+        workers = sorted(local_cluster.scheduler_info()["workers"])
+        _, root, _ = submit_map_reduce(_block, per_block, finish=_types_finish, placement=[workers[0]] * 4)
+        assert fetch(root)[0] == ["tuple"] * 4
