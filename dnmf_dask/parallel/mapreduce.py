@@ -455,7 +455,7 @@ def _tree_leaves(tasks, placement):
     persisted on 2 workers (one block each), the A update's task fetched the other block's new
     S rows (8.5 MB at 107,000 × 20 float32) with its 1.6 MB ``XᵀS``, every iteration.
     """
-    if placement is not None:
+    if placement is not None or len(tasks) < 2:  # (one block: nothing to gather)
         return tasks
     workers = _workers()
     if workers is None or len(workers) < 2:
