@@ -159,13 +159,17 @@ def tree_sum(items, fan_in=FAN_IN):
     return dask.delayed(add_stats, pure=True)(*level)
 
 
-def _tree_levels(items, fan_in):
-    """The tree's levels of ``add_stats`` tasks up to its root, whose (at most ``fan_in``) inputs are returned."""
+def _delayed_add_stats(parts):
+    return dask.delayed(add_stats, pure=True)(*parts)
+
+
+def _tree_levels(items, fan_in, node=_delayed_add_stats):
+    """The tree's levels of ``add_stats`` tasks up to its root, whose (at most ``fan_in``) inputs are
+    returned. ``node(parts)`` makes the task that adds ``parts`` (a Delayed call; a raw task in
+    :func:`_run_local`): the one tree shape for every scheduler."""
     level = list(items)
     while len(level) > fan_in:
-        level = [
-            dask.delayed(add_stats, pure=True)(*level[i : i + fan_in]) for i in range(0, len(level), fan_in)
-        ]
+        level = [node(level[i : i + fan_in]) for i in range(0, len(level), fan_in)]
     return level
 
 
@@ -235,12 +239,18 @@ def _block_tasks(func, per_block, shared_kwargs, placement=None):
         key = f"{name}-{uuid.uuid4().hex}"
         where = (dask.annotate(workers=[placement[i]], allow_other_workers=True) if placement
                  else contextlib.nullcontext())
+        call, call_args = _block_call(func, args)
         with where:
-            if any(isinstance(a, StoredBlock) for a in args):
-                tasks.append(dask.delayed(_reading, nout=2, pure=False)(func, *args, **kw, dask_key_name=key))
-            else:
-                tasks.append(dask.delayed(func, nout=2, pure=False)(*args, **kw, dask_key_name=key))
+            tasks.append(dask.delayed(call, nout=2, pure=False)(*call_args, **kw, dask_key_name=key))
     return tasks
+
+
+def _block_call(func, args):
+    """``(callable, args)`` of a block's task: ``func`` itself, or :func:`_reading` first when a
+    :class:`~dnmf_dask.store.corpus.StoredBlock` among ``args`` is to be read by the task."""
+    if any(isinstance(a, StoredBlock) for a in args):
+        return _reading, (func, *args)
+    return func, tuple(args)
 
 
 class Known(Delayed):
@@ -396,15 +406,9 @@ def _run_local(func, per_block, shared_kwargs, *, finish=None, finish_kwargs=Non
     tasks = []
     for args in per_block:
         merge(args)
-        if any(isinstance(a, StoredBlock) for a in args):
-            call = _Call(_reading, (func, *args), shared_kwargs)
-        else:
-            call = _Call(func, args, shared_kwargs)
-        tasks.append(add(call, name))
+        tasks.append(add(_Call(*_block_call(func, args), shared_kwargs), name))
     outs = [add(_Call(operator.getitem, (t, 0)), "output") for t in tasks] if keep_outputs else []
-    level = list(tasks)
-    while len(level) > FAN_IN:
-        level = [add(_Call(add_stats, level[i : i + FAN_IN]), "add_stats") for i in range(0, len(level), FAN_IN)]
+    level = _tree_levels(tasks, FAN_IN, node=lambda parts: add(_Call(add_stats, parts), "add_stats"))
     merge((finish_kwargs or {}).values())
     root = add(_Call(finish or add_stats, level, finish_kwargs), getattr(finish, "__name__", "add_stats"))
     get = dask.base.get_scheduler() or dask.threaded.get
